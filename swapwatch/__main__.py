@@ -1,0 +1,3 @@
+from swapwatch.cli import main
+
+raise SystemExit(main())
