@@ -1,0 +1,38 @@
+"""Build a face detector by name, its model files resolved through the registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from swapwatch.config import DetectorConfig
+from swapwatch.engines.face import FaceDetector
+from swapwatch.errors import InputError
+
+DETECTORS = ("mtcnn", "yunet", "scrfd")
+# Registry entry that provides each detector's weights when no explicit model path is given.
+DEFAULT_MODEL = {"mtcnn": "mtcnn", "yunet": "yunet-2023mar", "scrfd": "scrfd-10g"}
+
+
+def create_detector(config: DetectorConfig) -> FaceDetector:
+    from swapwatch.engines.registry import ensure_model
+
+    if config.name not in DETECTORS:
+        raise InputError(f"unknown detector {config.name!r}; choose from {', '.join(DETECTORS)}")
+    explicit = Path(config.model_path) if config.model_path else None
+    if explicit is not None and not explicit.exists():
+        raise InputError(f"{explicit}: no such model file")
+    thresholds = {} if config.score_threshold is None else {"score_threshold": config.score_threshold}
+
+    if config.name == "mtcnn":
+        from swapwatch.engines.mtcnn import MTCNNDetector
+
+        weights_dir = explicit if explicit is not None else next(iter(ensure_model("mtcnn").values())).parent
+        return MTCNNDetector.from_weights(weights_dir, backend=config.backend, device=config.device)
+    model = explicit if explicit is not None else next(iter(ensure_model(DEFAULT_MODEL[config.name]).values()))
+    if config.name == "yunet":
+        from swapwatch.engines.yunet import YuNetDetector
+
+        return YuNetDetector(model, backend=config.backend, device=config.device, **thresholds)
+    from swapwatch.engines.scrfd import SCRFDDetector
+
+    return SCRFDDetector(model, backend=config.backend, device=config.device, **thresholds)
