@@ -34,14 +34,15 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 def run(args: argparse.Namespace) -> int:
     from swapwatch.config import DetectorConfig
     from swapwatch.engines.detectors import create_detector
-    from swapwatch.engines.media import check_file, is_image_file
+    from swapwatch.engines.media import IMAGE_SUFFIXES, check_file, is_image_file
 
     path = check_file(args.input)
     if args.detect_every < 1:
         raise InputError("--detect-every must be at least 1")
     detector = create_detector(DetectorConfig(name=args.detector, backend=args.backend, device=args.device,
                                               model_path=args.model, score_threshold=args.threshold))
-    if is_image_file(path):
+    # A name like .jpg means the user meant an image: report it as an unreadable image, not a video.
+    if path.suffix.lower() in IMAGE_SUFFIXES or is_image_file(path):
         return _run_image(args, path, detector)
     return _run_video(args, path, detector)
 

@@ -1,0 +1,106 @@
+"""The CLI's contract for bad input: one line on stderr, a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+
+def swapwatch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "swapwatch", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, needle: str) -> None:
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, result.stderr
+    assert needle in lines[0], lines[0]
+
+
+def make_zero_frame_video(path: Path) -> None:
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(25))
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+
+
+@pytest.mark.parametrize("case", ["text_as_jpg", "empty", "zero_frames", "missing", "directory"])
+def test_bad_input_gives_one_line_error(case, tmp_path):
+    if case == "text_as_jpg":
+        path = tmp_path / "photo.jpg"
+        path.write_text("this is not an image\n")
+        needle = "not a readable image"
+    elif case == "empty":
+        path = tmp_path / "empty.png"
+        path.write_bytes(b"")
+        needle = "empty"
+    elif case == "zero_frames":
+        path = tmp_path / "nothing.mp4"
+        make_zero_frame_video(path)
+        needle = "no frames"
+    elif case == "missing":
+        path = tmp_path / "does-not-exist.mp4"
+        needle = "no such file"
+    else:
+        path = tmp_path
+        needle = "directory"
+    result = swapwatch("faces", str(path), "--detector", "yunet")
+    assert_one_line_error(result, needle)
+
+
+def test_unknown_model_file_is_one_line_error(tmp_path, t1_jpg):
+    result = swapwatch("faces", str(t1_jpg), "--detector", "scrfd", "--model", str(tmp_path / "det_10g.onnx"))
+    assert_one_line_error(result, "no such model file")
+
+
+def test_corrupt_model_file_is_one_line_error(tmp_path, t1_jpg):
+    bad = tmp_path / "det_10g.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 100)
+    result = swapwatch("faces", str(t1_jpg), "--detector", "scrfd", "--model", str(bad))
+    assert_one_line_error(result, "det_10g.onnx")
+
+
+def test_faces_image_json_and_draw(t1_jpg, tmp_path):
+    out = tmp_path / "drawn.png"
+    result = swapwatch("faces", str(t1_jpg), "--detector", "yunet", "--json", "--draw", str(out))
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert len(doc["faces"]) == 6
+    for face in doc["faces"]:
+        assert len(face["box"]) == 4 and len(face["landmarks"]) == 5 and 0 < face["score"] <= 1
+    import cv2
+
+    drawn = cv2.imread(str(out))
+    assert drawn is not None and drawn.shape[:2] == (886, 1280)
+
+
+def test_faces_video_json_has_one_track(clips, tmp_path):
+    clip = next(c for c in clips if c.suffix == ".mpg")
+    out = tmp_path / "drawn.mp4"
+    result = swapwatch("faces", str(clip), "--detector", "yunet", "--json", "--detect-every", "3",
+                       "--draw", str(out))
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert len(doc["frames"]) == 75
+    assert all(len(f["faces"]) == 1 for f in doc["frames"])
+    assert len(doc["tracks"]) == 1 and doc["tracks"][0]["frames"] == 75
+    assert {f["faces"][0]["track_id"] for f in doc["frames"]} == {doc["tracks"][0]["track_id"]}
+    import av
+
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 75
+
+
+def test_help_lists_commands():
+    result = swapwatch("--help")
+    assert result.returncode == 0
+    for command in ("serve", "faces", "models", "export"):
+        assert command in result.stdout
