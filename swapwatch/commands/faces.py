@@ -77,12 +77,13 @@ def _run_video(args, path: Path, detector) -> int:
 
     from swapwatch.engines.draw import VideoWriter, draw_faces
     from swapwatch.engines.media import iter_video, probe_video
-    from swapwatch.engines.tracking import DetectEveryK, FaceTracker
+    from swapwatch.engines.tracking import FACE_SMOOTHING, FaceTracker, KeyframeTracker
 
     info = probe_video(path)
     if args.draw and Path(args.draw).suffix.lower() not in VIDEO_OUT_SUFFIXES:
         raise InputError(f"--draw for a video needs one of {', '.join(sorted(VIDEO_OUT_SUFFIXES))}")
-    tracker = DetectEveryK(detector, FaceTracker(smoothing=not args.no_smooth), k=args.detect_every)
+    tracker = KeyframeTracker(detector, FaceTracker(smoothing=None if args.no_smooth else FACE_SMOOTHING),
+                              k=args.detect_every)
     writer = VideoWriter(Path(args.draw), info.fps, info.width, info.height) if args.draw else None
     frames_out = []
     tracks: dict[int, dict] = {}
