@@ -24,10 +24,14 @@ def create_detector(config: DetectorConfig) -> FaceDetector:
     thresholds = {} if config.score_threshold is None else {"score_threshold": config.score_threshold}
 
     if config.name == "mtcnn":
-        from swapwatch.engines.mtcnn import MTCNNDetector
+        from swapwatch.engines.mtcnn import MTCNNConfig, MTCNNDetector
 
         weights_dir = explicit if explicit is not None else next(iter(ensure_model("mtcnn").values())).parent
-        return MTCNNDetector.from_weights(weights_dir, backend=config.backend, device=config.device)
+        cascade = MTCNNConfig()
+        if config.score_threshold is not None:  # the user's threshold applies to the final stage (ONet)
+            cascade = MTCNNConfig(thresholds=(*cascade.thresholds[:2], config.score_threshold))
+        return MTCNNDetector.from_weights(weights_dir, backend=config.backend, device=config.device,
+                                          config=cascade)
     model = explicit if explicit is not None else next(iter(ensure_model(DEFAULT_MODEL[config.name]).values()))
     if config.name == "yunet":
         from swapwatch.engines.yunet import YuNetDetector

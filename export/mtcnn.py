@@ -11,15 +11,14 @@ Outputs are plain tensors (no dicts, no data-dependent control flow) so the nets
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
 from swapwatch.errors import ModelError
 
-# What every MTCNN stage expects; kept next to the nets so the detector and the exporter agree.
-MEAN = 127.5
-SCALE = 0.0078125
 WEIGHT_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
 
 
@@ -156,10 +155,65 @@ def load_net(module: nn.Module, path: str | Path) -> nn.Module:
     return module.eval()
 
 
-def load_mtcnn_nets(weights_dir: str | Path) -> tuple[PNet, RNet, ONet]:
-    """PNet, RNet and ONet loaded from ``pnet.pt``, ``rnet.pt``, ``onet.pt`` in ``weights_dir``."""
-    weights_dir = Path(weights_dir)
-    pnet = load_net(PNet(), weights_dir / "pnet.pt")
-    rnet = load_net(RNet(), weights_dir / "rnet.pt")
-    onet = load_net(ONet(), weights_dir / "onet.pt")
+def weight_paths(weights: str | Path | Mapping[str, str | Path]) -> dict[str, Path]:
+    """``pnet.pt``/``rnet.pt``/``onet.pt`` -> path, from a folder or from a registry's file mapping."""
+    if isinstance(weights, Mapping):
+        missing = [name for name in WEIGHT_FILES if name not in weights]
+        if missing:
+            raise ModelError(f"MTCNN weights incomplete: no {', '.join(missing)} among {sorted(weights)}")
+        return {name: Path(weights[name]) for name in WEIGHT_FILES}
+    return {name: Path(weights) / name for name in WEIGHT_FILES}
+
+
+def load_mtcnn_nets(weights: str | Path | Mapping[str, str | Path]) -> tuple[PNet, RNet, ONet]:
+    """PNet, RNet and ONet from ``pnet.pt``, ``rnet.pt``, ``onet.pt`` (a folder, or a filename -> path map)."""
+    paths = weight_paths(weights)
+    pnet = load_net(PNet(), paths["pnet.pt"])
+    rnet = load_net(RNet(), paths["rnet.pt"])
+    onet = load_net(ONet(), paths["onet.pt"])
     return pnet, rnet, onet
+
+
+def onnx_dynamic_axes(name: str) -> dict[str, dict[int, str]]:
+    """Dynamic axes of one net's graph: batch everywhere, and the spatial size for the fully conv PNet."""
+    if NET_INPUT_SIZE[name] is None:
+        spatial = {0: "batch", 2: "height", 3: "width"}
+        out_spatial = {0: "batch", 2: "out_height", 3: "out_width"}
+        return {"input": spatial, **{out: dict(out_spatial) for out in NET_OUTPUTS[name]}}
+    return {"input": {0: "batch"}, **{out: {0: "batch"} for out in NET_OUTPUTS[name]}}
+
+
+def example_input(name: str, *, batch: int = 1, height: int = 48, width: int = 48,
+                  seed: int = 0) -> torch.Tensor:
+    """A normalised-range random input for one net (RNet/ONet ignore height/width: their size is fixed)."""
+    side = NET_INPUT_SIZE[name]
+    h, w = (height, width) if side is None else (side, side)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, h, w, generator=generator) * 2.0 - 1.0
+
+
+def parity_inputs(name: str) -> list[tuple[np.ndarray]]:
+    """Input sets for the PyTorch/ONNX parity check: several PNet sizes (odd, non-square, the smallest 12x12)
+    and several batch sizes for RNet/ONet, none of them the shapes used at export."""
+    if NET_INPUT_SIZE[name] is None:
+        shapes = [(1, 12, 12), (1, 37, 53), (2, 120, 160), (1, 300, 400)]
+    else:
+        shapes = [(1, 0, 0), (7, 0, 0), (64, 0, 0)]
+    return [(example_input(name, batch=b, height=h, width=w, seed=i).numpy(),)
+            for i, (b, h, w) in enumerate(shapes)]
+
+
+def export_mtcnn_onnx(nets: tuple[PNet, RNet, ONet], output_dir: str | Path, *,
+                      opset: int = 17) -> dict[str, Path]:
+    """Export the three nets to ``pnet.onnx``, ``rnet.onnx``, ``onet.onnx`` in ``output_dir``."""
+    from swapwatch.export.onnx_export import export_onnx
+
+    output_dir = Path(output_dir)
+    paths = {}
+    for name, net in zip(NET_OUTPUTS, nets):
+        # Export with batch 2 and a non-square PNet input so no dimension is mistaken for a constant.
+        example = example_input(name, batch=2, height=31, width=45)
+        paths[name] = export_onnx(net, (example,), output_dir / f"{name}.onnx", input_names=["input"],
+                                  output_names=NET_OUTPUTS[name], dynamic_axes=onnx_dynamic_axes(name),
+                                  opset=opset)
+    return paths

@@ -24,15 +24,17 @@ def assert_one_line_error(result: subprocess.CompletedProcess, needle: str) -> N
     assert needle in lines[0], lines[0]
 
 
-def make_zero_frame_video(path: Path) -> None:
+def make_empty_mp4(path: Path) -> None:
+    """An MP4 whose video track holds no samples (FFmpeg then reports no usable video stream)."""
     import av
 
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=Fraction(25))
         stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        container.start_encoding()
 
 
-@pytest.mark.parametrize("case", ["text_as_jpg", "empty", "zero_frames", "missing", "directory"])
+@pytest.mark.parametrize("case", ["text_as_jpg", "empty", "zero_frames", "empty_mp4", "missing", "directory"])
 def test_bad_input_gives_one_line_error(case, tmp_path):
     if case == "text_as_jpg":
         path = tmp_path / "photo.jpg"
@@ -43,9 +45,13 @@ def test_bad_input_gives_one_line_error(case, tmp_path):
         path.write_bytes(b"")
         needle = "empty"
     elif case == "zero_frames":
-        path = tmp_path / "nothing.mp4"
-        make_zero_frame_video(path)
+        path = tmp_path / "nothing.y4m"  # a valid stream header, then no frame
+        path.write_bytes(b"YUV4MPEG2 W64 H64 F25:1 Ip A1:1 C420jpeg\n")
         needle = "no frames"
+    elif case == "empty_mp4":
+        path = tmp_path / "nothing.mp4"
+        make_empty_mp4(path)
+        needle = "no video stream"
     elif case == "missing":
         path = tmp_path / "does-not-exist.mp4"
         needle = "no such file"

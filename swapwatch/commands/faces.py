@@ -39,21 +39,42 @@ def run(args: argparse.Namespace) -> int:
     path = check_file(args.input)
     if args.detect_every < 1:
         raise InputError("--detect-every must be at least 1")
+    # A name like .jpg means the user meant an image: report it as an unreadable image, not a video.
+    as_image = path.suffix.lower() in IMAGE_SUFFIXES or is_image_file(path)
+    if args.draw and not as_image and Path(args.draw).suffix.lower() not in VIDEO_OUT_SUFFIXES:
+        raise InputError(f"--draw for a video needs one of {', '.join(sorted(VIDEO_OUT_SUFFIXES))}")
+    # Read the input before loading a model, so a bad file fails fast.
+    media = _load_image(path) if as_image else _open_video(path)
     detector = create_detector(DetectorConfig(name=args.detector, backend=args.backend, device=args.device,
                                               model_path=args.model, score_threshold=args.threshold))
-    # A name like .jpg means the user meant an image: report it as an unreadable image, not a video.
-    if path.suffix.lower() in IMAGE_SUFFIXES or is_image_file(path):
-        return _run_image(args, path, detector)
-    return _run_video(args, path, detector)
+    if as_image:
+        return _run_image(args, path, media, detector)
+    return _run_video(args, path, *media, detector)
 
 
-def _run_image(args, path: Path, detector) -> int:
-    from swapwatch.engines.draw import draw_faces
+def _load_image(path: Path):
     from swapwatch.engines.media import read_image
 
+    return read_image(path)
+
+
+def _open_video(path: Path):
+    """Video info and a frame iterator whose first frame has already been decoded (so 0 frames fails here)."""
+    import itertools
+
+    from swapwatch.engines.media import iter_video, probe_video
+
+    info = probe_video(path)
+    frames = iter_video(path)
+    first = next(frames)
+    return info, itertools.chain([first], frames)
+
+
+def _run_image(args, path: Path, image, detector) -> int:
     import cv2
 
-    image = read_image(path)
+    from swapwatch.engines.draw import draw_faces
+
     faces = detector.detect(image)
     if args.json:
         print(json.dumps({"input": str(path), "detector": detector.name,
@@ -72,23 +93,19 @@ def _run_image(args, path: Path, detector) -> int:
     return 0
 
 
-def _run_video(args, path: Path, detector) -> int:
+def _run_video(args, path: Path, info, frames, detector) -> int:
     from tqdm import tqdm
 
     from swapwatch.engines.draw import VideoWriter, draw_faces
-    from swapwatch.engines.media import iter_video, probe_video
     from swapwatch.engines.tracking import FACE_SMOOTHING, FaceTracker, KeyframeTracker
 
-    info = probe_video(path)
-    if args.draw and Path(args.draw).suffix.lower() not in VIDEO_OUT_SUFFIXES:
-        raise InputError(f"--draw for a video needs one of {', '.join(sorted(VIDEO_OUT_SUFFIXES))}")
     tracker = KeyframeTracker(detector, FaceTracker(smoothing=None if args.no_smooth else FACE_SMOOTHING),
                               k=args.detect_every)
     writer = VideoWriter(Path(args.draw), info.fps, info.width, info.height) if args.draw else None
     frames_out = []
     tracks: dict[int, dict] = {}
     try:
-        bar = tqdm(iter_video(path), total=info.frames or None, unit="frame", desc=path.name,
+        bar = tqdm(frames, total=info.frames or None, unit="frame", desc=path.name,
                    disable=None, file=sys.stderr)
         for frame in bar:
             faces = tracker.process(frame.image, frame.time)

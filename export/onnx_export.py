@@ -1,0 +1,141 @@
+"""Export any ``nn.Module`` to ONNX (atomically) and check the graph against PyTorch with ONNX Runtime.
+
+Exporter choice, measured with torch 2.13 on the MTCNN nets: both exporters produce correct graphs, but the
+classic TorchScript exporter (``dynamo=False``) is the default here because
+
+- it emits the requested opset directly; the dynamo exporter only has translations for opset >= 18 and
+  reaches 17 through ONNX's version converter, which is not defined for every op (Pad, Reduce* and Resize
+  changed signature at 18, and our generators use reflect padding and instance norm);
+- it takes ``dynamic_axes`` with our own dimension names as they are, where the dynamo exporter wants
+  ``dynamic_shapes`` and warns that converted ``dynamic_axes`` may fail with "Constraints violated";
+- it is about 30x faster (0.15 s vs 4.4 s for PNet), which matters for tests and first-run exports.
+
+The dynamo exporter stays one keyword away (``dynamo=True``) for models the TorchScript tracer cannot handle,
+and for the day torch drops the classic exporter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from swapwatch.errors import ModelError
+
+DEFAULT_OPSET = 17
+
+
+def export_onnx(module, example_inputs: tuple, path: str | Path, *, input_names: Sequence[str],
+                output_names: Sequence[str], dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+                opset: int = DEFAULT_OPSET, dynamo: bool = False) -> Path:
+    """Export ``module`` (in eval mode) to ``path`` and return the path.
+
+    The graph is written to a temporary file beside ``path`` and renamed over it only once the export and an
+    ``onnx.checker`` pass succeeded, so a crash never leaves a truncated model where a loader would find it.
+    """
+    import onnx
+    import torch
+
+    path = Path(path)
+    module = module.eval()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"cannot write an ONNX file in {path.parent}: {exc.strerror or exc}") from exc
+    # Same folder (so the rename is atomic), a name no concurrent exporter uses, and created by the exporter
+    # itself so the file gets the usual umask permissions (mkstemp would make it owner-only).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    kwargs = dict(input_names=list(input_names), output_names=list(output_names),
+                  dynamic_axes={k: dict(v) for k, v in (dynamic_axes or {}).items()} or None,
+                  opset_version=opset, dynamo=dynamo)
+    if dynamo:
+        kwargs["external_data"] = False  # one self-contained file, so the rename below is atomic
+    try:
+        # The exporters print progress and deprecation notices; keep them out of the CLI's output.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, tuple(example_inputs), str(tmp), **kwargs)
+        onnx.checker.check_model(str(tmp))
+        os.replace(tmp, path)
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise ModelError(f"ONNX export of {type(module).__name__} to {path} failed: {exc}") from exc
+    return path
+
+
+@dataclass
+class ParityReport:
+    """Worst absolute difference per output between PyTorch and ONNX Runtime over all input sets."""
+
+    onnx_path: Path
+    atol: float
+    n_sets: int
+    max_abs_error: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def worst(self) -> float:
+        return max(self.max_abs_error.values(), default=0.0)
+
+    @property
+    def ok(self) -> bool:
+        return self.worst <= self.atol
+
+    def summary(self) -> str:
+        errs = ", ".join(f"{name} {err:.2e}" for name, err in self.max_abs_error.items())
+        verdict = "ok" if self.ok else "FAIL"
+        return (f"{self.onnx_path.name}: max abs error {self.worst:.2e} (atol {self.atol:.0e}, "
+                f"{self.n_sets} input sets; {errs}) {verdict}")
+
+
+def check_parity(module, onnx_path: str | Path, input_sets: Sequence[tuple[np.ndarray, ...]], *,
+                 atol: float) -> ParityReport:
+    """Run ``module`` and the ONNX graph (ONNX Runtime, CPU) on each input set and compare every output.
+
+    Raises :class:`ModelError` when any output differs by more than ``atol`` (or has a different shape);
+    returns the report otherwise.
+    """
+    import onnxruntime as ort
+    import torch
+
+    onnx_path = Path(onnx_path)
+    if not input_sets:
+        raise ValueError("check_parity needs at least one input set")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"cannot load {onnx_path} with onnxruntime: {str(exc).splitlines()[0]}") from exc
+    in_names = [i.name for i in session.get_inputs()]
+    out_names = [o.name for o in session.get_outputs()]
+    report = ParityReport(onnx_path, atol, len(input_sets), {name: 0.0 for name in out_names})
+    module = module.eval()
+    for inputs in input_sets:
+        arrays = [np.ascontiguousarray(a) for a in inputs]
+        if len(arrays) != len(in_names):
+            raise ValueError(f"{onnx_path.name} takes {len(in_names)} inputs, an input set has {len(arrays)}")
+        with torch.inference_mode():
+            expected = module(*(torch.from_numpy(a.copy()) for a in arrays))
+        if isinstance(expected, torch.Tensor):
+            expected = (expected,)
+        actual = session.run(None, dict(zip(in_names, arrays)))
+        if len(expected) != len(actual):
+            raise ModelError(f"{onnx_path.name}: PyTorch gives {len(expected)} outputs, ONNX {len(actual)}")
+        for name, ref, got in zip(out_names, expected, actual):
+            ref = ref.detach().cpu().float().numpy()
+            if ref.shape != got.shape:
+                raise ModelError(f"{onnx_path.name}: output {name} has shape {got.shape} in ONNX, "
+                                 f"{ref.shape} in PyTorch (input shapes {[a.shape for a in arrays]})")
+            err = float(np.max(np.abs(ref - got.astype(np.float32)))) if ref.size else 0.0
+            err = err if np.isfinite(err) else float("inf")  # a NaN must fail, not compare as "not above"
+            report.max_abs_error[name] = max(report.max_abs_error[name], err)
+    if not report.ok:
+        raise ModelError(f"parity check failed: {report.summary()}")
+    return report
