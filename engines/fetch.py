@@ -264,7 +264,8 @@ def _network_errors(label: str, url: str, timeout: float) -> Iterator[None]:
         reason = exc.reason
         if isinstance(reason, (socket.timeout, TimeoutError)):
             raise FetchError(f"timed out after {timeout:g}s fetching {label} from {url}") from None
-        raise FetchError(f"cannot reach {url} for {label}: {getattr(reason, 'strerror', None) or reason}") from None
+        raise FetchError(f"cannot reach {url} for {label}: {getattr(reason, 'strerror', None) or reason} "
+                         f"(offline? put {label} in a folder named by SWAPWATCH_MODEL_MIRROR)") from None
     except (socket.timeout, TimeoutError):
         raise FetchError(f"timed out after {timeout:g}s fetching {label} from {url}; the partial file was "
                          f"discarded") from None

@@ -110,3 +110,32 @@ def test_help_lists_commands():
     assert result.returncode == 0
     for command in ("serve", "faces", "models", "export"):
         assert command in result.stdout
+
+
+
+
+@pytest.mark.parametrize("detector", ["mtcnn", "yunet"])
+def test_faces_command_on_every_shared_asset(detector, face_photos, clips, t1_jpg, capsys):
+    """The issue's acceptance check, through the command itself: 6 faces in t1.jpg, then exactly one face
+    in every photo and in every frame of every clip, landmarks inside boxes and in facial order."""
+    from swapwatch.cli import main
+
+    def run(path: Path) -> dict:
+        assert main(["faces", str(path), "--detector", detector, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    assert len(run(t1_jpg)["faces"]) == 6
+    for path in face_photos + clips:
+        doc = run(path)
+        frames = doc["frames"] if "frames" in doc else [doc]
+        for frame in frames:
+            assert len(frame["faces"]) == 1, (path.name, frame.get("index"), frame["faces"])
+            face = frame["faces"][0]
+            x1, y1, x2, y2 = face["box"]
+            (lex, ley), (rex, rey), (nx, ny), (mlx, mly), (mrx, mry) = face["landmarks"]
+            for x, y in face["landmarks"]:
+                assert x1 <= x <= x2 and y1 <= y <= y2, (path.name, face)
+            assert max(ley, rey) < ny < min(mly, mry), (path.name, face)
+            assert lex < rex and mlx < mrx, (path.name, face)
+        if "tracks" in doc:
+            assert len(doc["tracks"]) == 1, (path.name, doc["tracks"])
