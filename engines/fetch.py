@@ -297,6 +297,7 @@ def _extract(archive: Path, member: str, dest: Path, sha256: str | None, label: 
 
 def _write_atomic(dest: Path, chunks: Iterable[bytes], sha256: str | None, label: str) -> None:
     """Stream into a unique ``.part`` file beside ``dest``, fsync, check the hash, then rename into place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
         digest = hashlib.sha256()

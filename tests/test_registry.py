@@ -386,3 +386,13 @@ def test_cli_errors_are_one_line(models_cli, capsys):
     assert err.count("\n") == 1 and "unknown model 'no-such-model'" in err and "Traceback" not in err
     assert models_cli(["models", "fetch"]) == 2
     assert "--all" in capsys.readouterr().err
+
+
+def test_cli_install_a_user_provided_file(tmp_path, models_cli, capsys):
+    src = tmp_path / "inswapper_128.onnx"
+    src.write_bytes(b"user's own file")
+    assert models_cli(["models", "install", "inswapper-128", str(src)]) == 0
+    installed = reg.model_file("inswapper-128")
+    assert installed.read_bytes() == b"user's own file"
+    assert "installed" in capsys.readouterr().out
+    assert models_cli(["models", "install", "inswapper-128", str(tmp_path / "nope.onnx")]) != 0

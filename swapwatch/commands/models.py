@@ -29,6 +29,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     path.add_argument("name", metavar="NAME")
     path.add_argument("file", nargs="?", metavar="FILE", help="file name, for models with several files")
 
+    inst = sub.add_parser("install", help="copy a model file you already have into the cache (hash-checked)")
+    inst.add_argument("name", metavar="NAME")
+    inst.add_argument("source", metavar="PATH", help="the file you have, e.g. ~/Downloads/inswapper_128.onnx")
+    inst.add_argument("--as", dest="filename", metavar="FILE",
+                      help="which of the model's files it is (for models with several files)")
+
     p.set_defaults(_models_parser=p)
     return p
 
@@ -38,7 +44,15 @@ def run(args: argparse.Namespace) -> int:
     if action is None:
         args._models_parser.print_help()
         return 2
-    return {"list": _list, "fetch": _fetch, "verify": _verify, "path": _path}[action](args)
+    return {"list": _list, "fetch": _fetch, "verify": _verify, "path": _path, "install": _install}[action](args)
+
+
+def _install(args: argparse.Namespace) -> int:
+    from swapwatch.engines import registry as reg
+
+    dest = reg.install_file(args.name, args.source, args.filename)
+    print(f"{reg.get_entry(args.name).name}: installed {dest}")
+    return 0
 
 
 def _list(args: argparse.Namespace) -> int:
