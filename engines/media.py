@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+import os
+import sys
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -109,3 +111,109 @@ def probe_video(path: str | Path) -> VideoInfo:
             return VideoInfo(s.codec_context.width, s.codec_context.height, fps, int(s.frames or 0))
     except (av.FFmpegError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a readable image or video ({exc.__class__.__name__})") from None
+
+
+
+@dataclass(frozen=True)
+class TranscodeStats:
+    frames: int
+    fps: float
+    audio: str  # "copied", "re-encoded", or "none"
+
+
+# Audio codecs each output container takes as they are and players read back; anything else is re-encoded
+# (MP2 muxes into MP4 but browsers and many players will not play it there).
+_AUDIO_COPY_OK = {
+    ".mp4": {"aac", "mp3", "ac3", "opus", "alac", "flac"},
+    ".mov": {"aac", "mp3", "ac3", "alac", "pcm_s16le"},
+    ".mkv": None,  # Matroska takes (nearly) everything
+    ".webm": {"opus", "vorbis"},
+}
+# Re-encode target per container: (codec, sample format, sample rate or None to keep the input's).
+_AUDIO_FALLBACK = {".webm": ("libopus", "flt", 48000)}
+_AUDIO_DEFAULT = ("aac", "fltp", None)
+
+
+def transcode_video(src: str | Path, dst: str | Path, process: Callable[[VideoFrame], np.ndarray], *,
+                    progress: bool = True, crf: int = 18) -> TranscodeStats:
+    """Stream ``src`` frame by frame through ``process`` into ``dst``, keeping rate, count and audio.
+
+    Frames are decoded, processed and encoded one at a time (no temporary image folders); each output frame
+    keeps its input timestamp so audio stays in sync; the first audio stream is copied when ``dst``'s
+    container takes its codec, else re-encoded. The output is written to a temporary name and renamed
+    only when complete, so a failure never leaves a truncated video behind.
+    """
+    import av
+    from tqdm import tqdm
+
+    src, dst = check_file(src), Path(dst)
+    suffix = dst.suffix.lower()
+    if suffix not in _AUDIO_COPY_OK:
+        raise InputError(f"{dst}: unsupported output type; use one of {', '.join(sorted(_AUDIO_COPY_OK))}")
+    info = probe_video(src)
+    tmp = dst.with_name(f".{dst.stem}.partial{dst.suffix}")
+    frames = 0
+    audio_mode = "none"
+    try:
+        with av.open(str(src)) as inp, av.open(str(tmp), mode="w") as out:
+            vin = inp.streams.video[0]
+            vin.thread_type = "AUTO"
+            codec = "libvpx-vp9" if suffix == ".webm" else "libx264"
+            vout = out.add_stream(codec, rate=Fraction(info.fps).limit_denominator(1001))
+            vout.width, vout.height = info.width - info.width % 2, info.height - info.height % 2
+            vout.pix_fmt = "yuv420p"
+            vout.time_base = vin.time_base
+            if codec == "libx264":
+                vout.options = {"crf": str(crf), "preset": "veryfast"}
+            ain = inp.streams.audio[0] if inp.streams.audio else None
+            aout = None
+            resampler = None
+            if ain is not None:
+                allowed = _AUDIO_COPY_OK[suffix]
+                if allowed is None or ain.codec_context.name in allowed:
+                    aout = out.add_stream_from_template(ain)
+                    audio_mode = "copied"
+                else:
+                    name, sample_fmt, rate = _AUDIO_FALLBACK.get(suffix, _AUDIO_DEFAULT)
+                    rate = rate or ain.codec_context.sample_rate
+                    aout = out.add_stream(name, rate=rate)
+                    aout.codec_context.format = sample_fmt
+                    aout.codec_context.layout = ain.codec_context.layout.name
+                    resampler = av.AudioResampler(format=sample_fmt, layout=ain.codec_context.layout.name, rate=rate)
+                    audio_mode = "re-encoded"
+            streams = [vin] + ([ain] if ain is not None else [])
+            bar = tqdm(total=info.frames or None, unit="frame", desc=src.name, disable=None if progress else True,
+                       file=sys.stderr)
+            with bar:
+                for packet in inp.demux(*streams):
+                    if packet.stream is ain:
+                        if packet.dts is None:
+                            continue
+                        if audio_mode == "copied":
+                            packet.stream = aout
+                            out.mux(packet)
+                        else:
+                            for aframe in packet.decode():
+                                for rframe in resampler.resample(aframe):
+                                    out.mux(aout.encode(rframe))
+                        continue
+                    for vframe in packet.decode():
+                        t = float(vframe.pts * vin.time_base) if vframe.pts is not None else frames / info.fps
+                        image = process(VideoFrame(frames, t, vframe.to_ndarray(format="bgr24")))
+                        h, w = vout.height, vout.width
+                        oframe = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[:h, :w]), format="bgr24")
+                        oframe.pts, oframe.time_base = vframe.pts, vin.time_base
+                        out.mux(vout.encode(oframe))
+                        frames += 1
+                        bar.update(1)
+                out.mux(vout.encode())
+                if audio_mode == "re-encoded":
+                    out.mux(aout.encode())
+        if frames == 0:
+            raise InputError(f"{src}: video has no frames")
+        os.replace(tmp, dst)
+    except av.FFmpegError as exc:
+        raise InputError(f"transcoding {src} to {dst} failed: {exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return TranscodeStats(frames, info.fps, audio_mode)
