@@ -130,6 +130,13 @@ class FeatherMask:
 
     __call__ = face
 
+    def soften(self, hard: np.ndarray, template: CropTemplate, *, index: int | None = None) -> np.ndarray:
+        """Feather a hard 0/1 mask in ``template``'s crop (a face-parsing mask) with this instance's widths."""
+        hard = np.asarray(hard)
+        scale = _face_scale(_template_points(template, hard.shape[0], _pose_index(template, index)))
+        binary = (hard > 0.5).astype(np.uint8) * np.uint8(255)
+        return _feather(binary, self.erode * scale, self.feather * scale)
+
     def mouth_region(self, size: int, template: CropTemplate, *, index: int | None = None) -> np.ndarray:
         """(S, S) float32 feathered mouth ellipse in [0, 1] (1 on the lips and teeth, 0 elsewhere)."""
         size = int(size)

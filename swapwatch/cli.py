@@ -16,6 +16,7 @@ from swapwatch.errors import SwapwatchError
 COMMANDS = {
     "serve": "Run the WebRTC server (live swap and monitoring sessions).",
     "faces": "Detect (and for video, track) faces in an image or a video.",
+    "swap": "Swap faces in an image or a video to the identity in a source photo.",
     "models": "List, fetch, verify and locate model files.",
     "export": "Export a model to ONNX with a parity check against PyTorch.",
 }
