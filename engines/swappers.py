@@ -88,17 +88,28 @@ def _optional_w600k(backend: str, device: str) -> IdentityEmbedder | None:
 
 
 def _exported_simswap(generator: Path, arcface: Path, size: int, onnx_dir: Path) -> tuple[Path, Path]:
-    """ONNX graphs of a SimSwap checkpoint pair, exported (with the parity check) on first use and cached."""
-    from swapwatch.export.simswap_export import export_arcface_onnx, export_simswap_onnx
+    """ONNX graphs of a SimSwap checkpoint pair, exported on first use (parity-checked against PyTorch)
+    and cached beside the checkpoints."""
+    from swapwatch.export import arcface as arc
+    from swapwatch.export import simswap as sim
+    from swapwatch.export.onnx_export import check_parity
 
     gen_onnx, arc_onnx = onnx_dir / f"simswap_{size}.onnx", onnx_dir / "arcface.onnx"
-    if not gen_onnx.is_file() or gen_onnx.stat().st_mtime < generator.stat().st_mtime:
+    if _stale(gen_onnx, generator):
         log.info("exporting %s to ONNX (once)", generator.name)
-        export_simswap_onnx(generator, size, gen_onnx)
-    if not arc_onnx.is_file() or arc_onnx.stat().st_mtime < arcface.stat().st_mtime:
+        module = sim.load_generator(generator, size)
+        sim.export_generator_onnx(module, gen_onnx)
+        check_parity(module, gen_onnx, sim.generator_parity_inputs(size), atol=1e-3)
+    if _stale(arc_onnx, arcface):
         log.info("exporting %s to ONNX (once)", arcface.name)
-        export_arcface_onnx(arcface, arc_onnx)
+        module = arc.load_arcface(arcface)
+        arc.export_arcface_onnx(module, arc_onnx)
+        check_parity(module, arc_onnx, arc.parity_inputs(), atol=1e-3)
     return gen_onnx, arc_onnx
+
+
+def _stale(derived: Path, source: Path) -> bool:
+    return not derived.is_file() or derived.stat().st_mtime < source.stat().st_mtime
 
 
 class SwapperIdentity(IdentityEmbedder):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import argparse
+import time
 from pathlib import Path
 
 DEFAULT_ATOL = 1e-4
@@ -19,6 +20,9 @@ class ExportTarget(abc.ABC):
 
     name: str
     help: str
+    # "dir": the common --output-dir (a target writing several graphs); "file": --output FILE (one graph).
+    output: str = "dir"
+    default_atol: float = DEFAULT_ATOL
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Arguments of this target; the common ones (output folder, opset, tolerance) are added for all."""
@@ -54,8 +58,178 @@ class MTCNNTarget(ExportTarget):
         return 0
 
 
+def _require_tensorrt() -> None:
+    """Fail before a long export when --trt cannot be honoured here."""
+    import importlib.util
+
+    from swapwatch.errors import BackendUnavailable
+
+    if importlib.util.find_spec("tensorrt") is None:
+        raise BackendUnavailable("--trt needs TensorRT, which is not installed here "
+                                 "(pip install 'swapwatch[gpu]' on a CUDA machine)")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("--trt needs a CUDA GPU; none is visible here")
+
+
+class _CheckedGraphTarget(ExportTarget):
+    """One PyTorch checkpoint -> one ONNX graph, checked against PyTorch; optional fp16 graph and TensorRT
+    engines, each checked against the fp32 graph before it is kept."""
+
+    output = "file"
+    default_atol = 1e-3
+    checkpoint_help = "checkpoint file"
+    fp16_limit = 2e-2  # largest allowed fp16-vs-fp32 difference, in the units of fp16_error
+    fp16_metric = "max abs error"
+    # TensorRT builds fp32 engines with TF32 allowed by default, so they differ slightly more than ORT.
+    trt_fp32_limit = 1e-2
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--checkpoint", type=Path, required=True, help=self.checkpoint_help)
+        parser.add_argument("--fp16", action="store_true",
+                            help="also write NAME.fp16.onnx (fp32 inputs/outputs) and check it against fp32 "
+                                 f"({self.fp16_metric} <= {self.fp16_limit:g})")
+        parser.add_argument("--trt", action="store_true",
+                            help="also build TensorRT engines (fp32, and fp16 with --fp16) into the engine "
+                                 "cache and check them against the fp32 graph; needs tensorrt and a CUDA GPU")
+
+    @abc.abstractmethod
+    def load(self, args: argparse.Namespace): ...
+
+    @abc.abstractmethod
+    def label(self, module) -> str: ...
+
+    @abc.abstractmethod
+    def export(self, module, path: Path, opset: int) -> Path: ...
+
+    @abc.abstractmethod
+    def parity_inputs(self, module) -> list: ...
+
+    def fp16_error(self, reference: list, candidate: list) -> float:
+        from swapwatch.export.simswap import max_abs_error
+
+        return max_abs_error(reference, candidate)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from swapwatch.errors import ModelError
+        from swapwatch.export.onnx_export import check_parity
+        from swapwatch.export.simswap import run_onnx, write_fp16_onnx
+
+        if args.trt:
+            _require_tensorrt()
+        module = self.load(args)
+        label = self.label(module)
+        start = time.perf_counter()
+        path = self.export(module, args.output, args.opset)
+        exported = time.perf_counter() - start
+        inputs = self.parity_inputs(module)
+        report = check_parity(module, path, inputs, atol=args.atol)
+        print(f"{label}: max abs error {report.worst:.2e} vs PyTorch (atol {args.atol:.0e}, batches 1 and 3;"
+              f" exported in {exported:.1f} s) -> {path}")
+        reference = run_onnx(path, inputs) if (args.fp16 or args.trt) else []
+        if args.fp16:
+            fp16_path = path.with_name(f"{path.stem}.fp16.onnx")
+            write_fp16_onnx(path, fp16_path)
+            err = self.fp16_error(reference, run_onnx(fp16_path, inputs))
+            print(f"{label} fp16: {self.fp16_metric} {err:.2e} vs fp32 (limit {self.fp16_limit:g}; ONNX Runtime "
+                  f"CPU runs ops without fp16 kernels in fp32 between fp16 tensors: recheck on the GPU) -> {fp16_path}")
+            if not err <= self.fp16_limit:
+                fp16_path.unlink(missing_ok=True)
+                raise ModelError(f"{label} fp16 graph differs from fp32 by {err:.2e} "
+                                 f"(> {self.fp16_limit:g}); not kept")
+        if args.trt:
+            self._check_tensorrt(label, path, inputs, reference,
+                                 precisions=("fp32", "fp16") if args.fp16 else ("fp32",))
+        return 0
+
+    def _check_tensorrt(self, label: str, path: Path, inputs: list, reference: list,
+                        precisions: tuple[str, ...]) -> None:
+        from swapwatch.engines.trt_backend import TensorRTEngine, engine_cache_dir
+        from swapwatch.errors import ModelError
+
+        for precision in precisions:
+            engine = TensorRTEngine.from_onnx(path, precision=precision)
+            names = [spec.name for spec in engine.inputs]
+            outputs = [[out for out in engine.run(dict(zip(names, arrays))).values()] for arrays in inputs]
+            err = self.fp16_error(reference, outputs)
+            limit = self.fp16_limit if precision == "fp16" else self.trt_fp32_limit
+            print(f"{label} TensorRT {precision}: {self.fp16_metric} {err:.2e} vs ONNX fp32 (limit {limit:g}); "
+                  f"engine cached in {engine_cache_dir()}")
+            if not err <= limit:
+                raise ModelError(f"{label} TensorRT {precision} engine differs from the ONNX graph by {err:.2e}")
+
+
+class SimSwapTarget(_CheckedGraphTarget):
+    name = "simswap"
+    help = ("SimSwap's generator (latest_net_G.pth: 224, 550000_net_G.pth: 512) to one graph: target [N,3,S,S] "
+            "RGB in [0,1] + source [N,512] -> output [N,3,S,S].")
+    checkpoint_help = "the released generator state_dict (latest_net_G.pth or 550000_net_G.pth)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument("--crop-size", type=int, choices=(224, 512), default=None,
+                            help="generator size (default: read from the checkpoint; if given it must match)")
+
+    def load(self, args: argparse.Namespace):
+        from swapwatch.export.simswap import load_generator
+
+        return load_generator(args.checkpoint, args.crop_size)
+
+    def label(self, module) -> str:
+        return f"simswap-{module.crop_size}"
+
+    def export(self, module, path: Path, opset: int) -> Path:
+        from swapwatch.export.simswap import export_generator_onnx
+
+        return export_generator_onnx(module, path, opset=opset)
+
+    def parity_inputs(self, module) -> list:
+        from swapwatch.export.simswap import generator_parity_inputs
+
+        return generator_parity_inputs(module.crop_size)
+
+
+class ArcFaceTarget(_CheckedGraphTarget):
+    name = "arcface"
+    help = ("SimSwap's ArcFace (arcface_checkpoint.tar, read without its original code) to one graph: input "
+            "[N,3,112,112] ImageNet-normalised RGB -> embedding [N,512].")
+    checkpoint_help = "arcface_checkpoint.tar (a pickled module) or a state_dict of the same network"
+    # Compared after L2 normalisation: the identity is used normalised, and the raw scale is arbitrary.
+    fp16_limit = 1e-2
+    fp16_metric = "max abs error of the L2-normalised embedding"
+
+    def load(self, args: argparse.Namespace):
+        from swapwatch.export.arcface import load_arcface
+
+        return load_arcface(args.checkpoint)
+
+    def label(self, module) -> str:
+        return "arcface"
+
+    def export(self, module, path: Path, opset: int) -> Path:
+        from swapwatch.export.arcface import export_arcface_onnx
+
+        return export_arcface_onnx(module, path, opset=opset)
+
+    def parity_inputs(self, module) -> list:
+        from swapwatch.export.arcface import parity_inputs
+
+        return parity_inputs()
+
+    def fp16_error(self, reference: list, candidate: list) -> float:
+        import numpy as np
+
+        from swapwatch.export.simswap import max_abs_error
+
+        def normed(sets: list) -> list:
+            return [[o / np.linalg.norm(o, axis=-1, keepdims=True) for o in outs] for outs in sets]
+
+        return max_abs_error(normed(reference), normed(candidate))
+
+
 # Targets in the order `swapwatch export --help` lists them.
-TARGETS: tuple[ExportTarget, ...] = (MTCNNTarget(),)
+TARGETS: tuple[ExportTarget, ...] = (MTCNNTarget(), SimSwapTarget(), ArcFaceTarget())
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -64,9 +238,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     for target in TARGETS:
         sub = targets.add_parser(target.name, help=target.help, description=target.help)
         target.add_arguments(sub)
-        sub.add_argument("--output-dir", type=Path, required=True, help="folder for the .onnx files")
+        if target.output == "file":
+            sub.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
+        else:
+            sub.add_argument("--output-dir", type=Path, required=True, help="folder for the .onnx files")
         sub.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
-        sub.add_argument("--atol", type=float, default=DEFAULT_ATOL,
+        sub.add_argument("--atol", type=float, default=target.default_atol,
                          help="largest allowed abs difference PyTorch vs ONNX Runtime (default: %(default)s)")
         sub.set_defaults(_export=target.run)
     return parser
