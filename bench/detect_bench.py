@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from swapwatch.config import DetectorConfig
+from swapwatch.config import DetectorConfig  # noqa: E402
 from swapwatch.engines.detectors import create_detector
 from swapwatch.errors import SwapwatchError
 

@@ -18,6 +18,7 @@ from swapwatch.engines.align import AlignedFace, align_face
 from swapwatch.engines.blend import FeatherMask, match_colour, paste_back, poisson_paste
 from swapwatch.engines.face import Face, FaceDetector
 from swapwatch.engines.identity import IdentityEmbedder, normed
+from swapwatch.engines.labelling import SyntheticLabeller
 from swapwatch.engines.selection import DEFAULT_SOURCE, FaceSelection
 from swapwatch.engines.swapper import SourceIdentity, Swapper
 from swapwatch.engines.tracking import FACE_SMOOTHING, FaceTracker, KeyframeTracker
@@ -57,16 +58,15 @@ class SwapResult:
 class SwapPipeline:
     def __init__(self, detector: FaceDetector, swapper: Swapper, *, options: SwapOptions = SwapOptions(),
                  selection: FaceSelection | None = None, identity: IdentityEmbedder | None = None,
-                 parser=None, label=None, watermark=None) -> None:
+                 parser=None, labeller: SyntheticLabeller | None = None) -> None:
         """``identity`` embeds faces for ``match:``/``map:`` selection; ``parser`` (a FaceParser) is needed for
-        ``mask="parsing"``; ``label`` (VisibleLabel) and ``watermark`` (Watermarker) mark swapped frames."""
+        ``mask="parsing"``; ``labeller`` marks swapped frames (visible badge and invisible watermark)."""
         self.detector = detector
         self.swapper = swapper
         self.options = options
         self.identity = identity
         self.parser = parser
-        self.label = label
-        self.watermark = watermark
+        self.labeller = labeller
         if options.mask == "parsing" and parser is None:
             raise InputError("mask 'parsing' needs the bisenet-faceparsing model "
                              "(swapwatch models fetch bisenet-faceparsing)")
@@ -129,10 +129,8 @@ class SwapPipeline:
         for crop, a, mask in zip(generated, aligned, masks):
             out = paste(out, crop, a.matrix, mask, out=out)
 
-        if self.label is not None:
-            out = self.label.draw(out)
-        if self.watermark is not None:
-            out = self.watermark.embed(out)
+        if self.labeller is not None:
+            out = self.labeller(out)
         return SwapResult(out, faces, chosen)
 
     def _masks(self, crops: np.ndarray, aligned: list[AlignedFace]) -> list[np.ndarray]:

@@ -43,7 +43,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 def run(args: argparse.Namespace) -> int:
     from swapwatch.config import DetectorConfig
     from swapwatch.engines.detectors import create_detector
-    from swapwatch.engines.labelling import VisibleLabel, Watermarker
+    from swapwatch.engines.labelling import LabelConfig, LabellingConfig, SyntheticLabeller
     from swapwatch.engines.media import IMAGE_SUFFIXES, check_file, is_image_file, read_image
     from swapwatch.engines.pipeline import SwapOptions, SwapPipeline
     from swapwatch.engines.selection import DEFAULT_SOURCE, FaceSelection
@@ -67,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
     parser = _load_parser(args) if args.mask == "parsing" else None
     pipeline = SwapPipeline(detector, loaded.swapper, options=options, selection=selection,
                             identity=loaded.identity, parser=parser,
-                            label=None if args.no_label else VisibleLabel(),
-                            watermark=None if args.no_watermark else Watermarker())
+                            labeller=SyntheticLabeller(LabellingConfig(
+                                visible=LabelConfig(enabled=not args.no_label),
+                                watermark_enabled=not args.no_watermark)))
     for key, path in sources.items():
         pipeline.add_source(source_images[key], key, name=str(path))
     kind = "learned" if loaded.swapper.learned else "weight-free (no learned swapper installed)"
