@@ -78,12 +78,15 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|")
     for name, backend in CASES:
         try:
-            detector = create_detector(DetectorConfig(name=name, backend=backend, device=args.device))
+            # torch rows follow --device; ONNX Runtime picks its best provider (CUDA where onnxruntime-gpu is).
+            device = args.device if backend == "torch" else "auto"
+            detector = create_detector(DetectorConfig(name=name, backend=backend, device=device))
         except SwapwatchError as exc:
             print(f"| {name} | {backend} | - | - | - | skipped: {exc} | | |")
             rows.append({"detector": name, "backend": backend, "skipped": str(exc)})
             continue
-        device = getattr(detector, "device", args.device)
+        engine = getattr(detector, "engine", None) or getattr(detector, "pnet", None)
+        device = engine.device if engine is not None else "?"
         for size in RESOLUTIONS:
             p50, p95, n = time_detector(detector, frame_at(image, size), args.repeats)
             print(f"| {name} | {backend} | {device} | {size[0]}x{size[1]} | {n} | {p50:.1f} | {p95:.1f} | "
