@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -62,7 +63,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    ap.add_argument("--assets", type=Path, default=REPO.parent / "shared" / "assets")
+    ap.add_argument("--assets", type=Path, default=Path(os.environ.get("SWAPWATCH_SHARED_ASSETS",
+                                                                       REPO.parent / "shared" / "assets")))
     ap.add_argument("--skip-512", action="store_true", help="skip SimSwap-512 (slow on a CPU)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -26,6 +27,9 @@ class TorchEngine(Engine):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self._device = torch.device(device)
         self.half = half and self._device.type == "cuda"
+        if self.half:
+            # .half() converts in place: work on a copy so an fp32 engine sharing the module stays fp32.
+            module = copy.deepcopy(module)
         self.module = module.eval().to(self._device)
         if self.half:
             self.module = self.module.half()
