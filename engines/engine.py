@@ -76,6 +76,29 @@ class Engine(abc.ABC):
         return f"<{type(self).__name__} {self.backend}/{self.device} ({ins}) -> ({outs})>"
 
 
+def fixed_batch(spec: TensorSpec) -> int | None:
+    """The batch size a graph input is pinned to, or None when its batch dim is dynamic."""
+    dim = spec.shape[0] if spec.shape else None
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def run_batched(engine: Engine, feeds: Mapping[str, np.ndarray], batch: int | None) -> dict[str, np.ndarray]:
+    """``engine.run`` on NumPy feeds sharing a leading batch dim, in chunks of ``batch`` when the graph's batch
+    is fixed (``None``: one call). A short last chunk is padded by repeating its last row, then trimmed."""
+    n = len(next(iter(feeds.values())))
+    if batch is None or batch == n:
+        return {k: np.asarray(v) for k, v in engine.run(feeds).items()}
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n, batch):
+        chunk = {k: v[start:start + batch] for k, v in feeds.items()}
+        short = batch - len(next(iter(chunk.values())))
+        if short:
+            chunk = {k: np.concatenate([v, np.repeat(v[-1:], short, axis=0)]) for k, v in chunk.items()}
+        for name, out in engine.run(chunk).items():
+            parts.setdefault(name, []).append(np.asarray(out)[: batch - short])
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
 def backend_available(name: str) -> bool:
     """Whether a backend's runtime can be imported here (and, for TensorRT, a CUDA device exists)."""
     if name == "onnxruntime":

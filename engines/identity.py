@@ -10,37 +10,13 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
 from swapwatch.engines.align import CropTemplate, align_face, arcface_template
-from swapwatch.engines.engine import Engine, TensorSpec, load_onnx_engine
+from swapwatch.engines.engine import Engine, fixed_batch, load_onnx_engine, run_batched
 from swapwatch.engines.face import Face
 from swapwatch.errors import ModelError
-
-
-def fixed_batch(spec: TensorSpec) -> int | None:
-    """The batch size a graph input is pinned to, or None when its batch dim is dynamic."""
-    dim = spec.shape[0] if spec.shape else None
-    return dim if isinstance(dim, int) and dim > 0 else None
-
-
-def run_batched(engine: Engine, feeds: Mapping[str, np.ndarray], batch: int | None) -> dict[str, np.ndarray]:
-    """``engine.run`` on NumPy feeds sharing a leading batch dim, in chunks of ``batch`` when the graph's batch
-    is fixed (``None``: one call). A short last chunk is padded by repeating its last row, then trimmed."""
-    n = len(next(iter(feeds.values())))
-    if batch is None or batch == n:
-        return {k: np.asarray(v) for k, v in engine.run(feeds).items()}
-    parts: dict[str, list[np.ndarray]] = {}
-    for start in range(0, n, batch):
-        chunk = {k: v[start:start + batch] for k, v in feeds.items()}
-        short = batch - len(next(iter(chunk.values())))
-        if short:
-            chunk = {k: np.concatenate([v, np.repeat(v[-1:], short, axis=0)]) for k, v in chunk.items()}
-        for name, out in engine.run(chunk).items():
-            parts.setdefault(name, []).append(np.asarray(out)[: batch - short])
-    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
 def normed(embedding: np.ndarray) -> np.ndarray:

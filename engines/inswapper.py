@@ -22,7 +22,8 @@ import numpy as np
 from swapwatch.engines.align import INSWAPPER_128, CropTemplate, align_face, arcface_template
 from swapwatch.engines.engine import Array, Engine, load_onnx_engine
 from swapwatch.engines.face import Face
-from swapwatch.engines.identity import IdentityEmbedder, fixed_batch, normed, run_batched
+from swapwatch.engines.engine import fixed_batch, run_batched
+from swapwatch.engines.identity import IdentityEmbedder, normed
 from swapwatch.engines.swapper import SourceIdentity, Swapper
 from swapwatch.errors import ModelError
 

@@ -24,7 +24,7 @@ from typing import Mapping
 import cv2
 import numpy as np
 
-from swapwatch.engines.engine import Engine, TensorSpec, load_onnx_engine
+from swapwatch.engines.engine import Engine, TensorSpec, fixed_batch, load_onnx_engine, run_batched
 from swapwatch.errors import ModelError
 
 LABELS: tuple[str, ...] = (
@@ -73,7 +73,7 @@ class FaceParser:
         # makes us loop.
         if len(shape) == 4 and isinstance(shape[2], int) and shape[2] > 0:
             self.input_size = shape[2]
-        self.fixed_batch = shape[0] if len(shape) == 4 and isinstance(shape[0], int) and shape[0] > 0 else None
+        self.fixed_batch = fixed_batch(engine.inputs[0])
 
     @classmethod
     def from_onnx(cls, path: str | Path, *, backend: str = "auto", device: str = "auto") -> FaceParser:
@@ -98,10 +98,7 @@ class FaceParser:
         return np.ascontiguousarray(((rgb - _MEAN) / _STD).transpose(0, 3, 1, 2))
 
     def logits(self, blob: np.ndarray) -> np.ndarray:
-        if self.fixed_batch is None:
-            return np.asarray(self.engine.run({self._input: blob})[self._output])
-        out = [np.asarray(self.engine.run({self._input: blob[i:i + 1]})[self._output]) for i in range(len(blob))]
-        return np.concatenate(out)
+        return run_batched(self.engine, {self._input: blob}, self.fixed_batch)[self._output]
 
     def parse(self, crops_bgr: np.ndarray) -> np.ndarray:
         """Class labels (N, S, S) uint8 for square BGR uint8 crops (N, S, S, 3), at the crops' size."""

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from swapwatch.errors import ModelError
+from swapwatch.export.checkpoints import load_state_strict, read_checkpoint, state_dict_from
 
 NUM_CLASSES = 19
 INPUT_SIZE = 512
@@ -169,58 +169,18 @@ class BiSeNet(nn.Module):
         return F.interpolate(logits, x.shape[2:], mode="bilinear", align_corners=True)
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ModelError(f"face-parsing weights not found: {path}")
-    try:
-        # weights_only: the release is a plain state_dict, so never unpickle arbitrary objects.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a bad file
-        why = str(exc).splitlines()[0] if str(exc) else repr(exc)
-        raise ModelError(f"cannot read face-parsing weights {path}: {why}") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"{path} is not a plain state_dict of tensors")
-    # Checkpoints saved from nn.DataParallel prefix every key with "module.".
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def _describe(keys: list[str], limit: int = 6) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
-def load_state_into(model: BiSeNet, state: dict[str, torch.Tensor], *, source: str = "state_dict") -> BiSeNet:
-    """Load ``state`` strictly; a mismatch raises :class:`ModelError` naming the offending keys.
-
-    The one tolerance: BatchNorm ``num_batches_tracked`` counters may be absent (checkpoints from torch
-    before 0.4.1 have none); they never affect inference.
-    """
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
-                   for k in expected if k in state and state[k].shape != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_describe(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_describe(unexpected)}")
-    if wrong_shape:
-        problems.append(f"shape mismatches: {_describe(wrong_shape)}")
-    if problems:
-        raise ModelError(f"{source} is not a face-parsing BiSeNet checkpoint (79999_iter.pth layout); "
-                         + "; ".join(problems))
-    full = {k: state.get(k, expected[k]) for k in expected}
-    model.load_state_dict(full, strict=True)
-    return model.eval()
-
-
 def load_bisenet(path: str | Path, *, n_classes: int = NUM_CLASSES) -> BiSeNet:
-    """BiSeNet in eval mode from a ``79999_iter.pth``-style state_dict (``module.`` prefix accepted)."""
+    """BiSeNet in eval mode from a ``79999_iter.pth``-style state_dict (``module.`` prefix accepted).
+
+    Read with torch's ``weights_only`` loader (the release is a plain state_dict: nothing else is
+    unpickled) and loaded strictly; the one tolerance is BatchNorm ``num_batches_tracked`` counters missing
+    from checkpoints of torch before 0.4.1, which never affect inference.
+    """
     path = Path(path)
-    return load_state_into(BiSeNet(n_classes), _read_state_dict(path), source=path.name)
+    state = state_dict_from(read_checkpoint(path, what="face-parsing"), path)
+    model = load_state_strict(BiSeNet(n_classes), state, path, fill_num_batches_tracked=True,
+                              description="a face-parsing BiSeNet (79999_iter.pth layout)")
+    return model.eval()
 
 
 def example_input(batch: int = 1, size: int = INPUT_SIZE, *, seed: int = 0) -> torch.Tensor:

@@ -101,18 +101,12 @@ def check_parity(module, onnx_path: str | Path, input_sets: Sequence[tuple[np.nd
     Raises :class:`ModelError` when any output differs by more than ``atol`` (or has a different shape);
     returns the report otherwise.
     """
-    import onnxruntime as ort
     import torch
 
     onnx_path = Path(onnx_path)
     if not input_sets:
         raise ValueError("check_parity needs at least one input set")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelError(f"cannot load {onnx_path} with onnxruntime: {str(exc).splitlines()[0]}") from exc
+    session = cpu_session(onnx_path)
     in_names = [i.name for i in session.get_inputs()]
     out_names = [o.name for o in session.get_outputs()]
     report = ParityReport(onnx_path, atol, len(input_sets), {name: 0.0 for name in out_names})
@@ -139,3 +133,86 @@ def check_parity(module, onnx_path: str | Path, input_sets: Sequence[tuple[np.nd
     if not report.ok:
         raise ModelError(f"parity check failed: {report.summary()}")
     return report
+
+
+def save_onnx_atomically(model, path: Path) -> None:
+    """Write an in-memory ONNX model beside ``path`` and rename it into place."""
+    import onnx
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# -- fp16 variants -------------------------------------------------------------------------------------------
+
+
+def write_fp16_onnx(source: str | Path, destination: str | Path) -> Path:
+    """Convert an fp32 graph to fp16 weights and activations, keeping fp32 inputs and outputs.
+
+    Uses the converter that ships inside onnxruntime (``onnxruntime.transformers.float16``), which keeps the
+    inputs that must stay fp32 (Resize scales, ...) and inserts the boundary Casts. Written atomically.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    source, destination = Path(source), Path(destination)
+    model = onnx.load(str(source))
+    try:
+        converted = convert_float_to_float16(model, keep_io_types=True)
+        _sort_nodes(converted.graph)  # the converter appends its boundary Casts at the end of the node list
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # the converter raises plain exceptions for unsupported graphs
+        raise ModelError(f"fp16 conversion of {source.name} failed: {exc}") from exc
+    save_onnx_atomically(converted, destination)
+    return destination
+
+
+def _sort_nodes(graph) -> None:
+    """Reorder ``graph.node`` topologically (stable: original order among ready nodes), in place."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            raise ModelError(f"graph has a cycle or a dangling input near node {pending[0].name!r}")
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def cpu_session(path: str | Path):
+    """An ONNX Runtime session on the CPU provider (the reference every export is checked against)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for corrupt or invalid graphs
+        raise ModelError(f"cannot load {Path(path).name} with onnxruntime: {str(exc).splitlines()[0]}") from exc
+
+
+def run_onnx(path: str | Path, input_sets: Sequence[tuple[np.ndarray, ...]]) -> list[list[np.ndarray]]:
+    """Outputs of ``path`` under ONNX Runtime's CPU provider for each input set."""
+    session = cpu_session(path)
+    names = [i.name for i in session.get_inputs()]
+    return [session.run(None, dict(zip(names, arrays))) for arrays in input_sets]
+
+
+def max_abs_error(reference: Sequence[Sequence[np.ndarray]], candidate: Sequence[Sequence[np.ndarray]]) -> float:
+    """Largest |reference - candidate| over all sets and outputs; inf when anything is not finite."""
+    worst = 0.0
+    for ref_set, got_set in zip(reference, candidate):
+        for ref, got in zip(ref_set, got_set):
+            err = float(np.max(np.abs(np.asarray(ref, np.float32) - np.asarray(got, np.float32))))
+            worst = max(worst, err if np.isfinite(err) else float("inf"))
+    return worst

@@ -89,13 +89,13 @@ def test_wrong_architecture_names_keys(tmp_path, model):
     with pytest.raises(ModelError) as err:
         load_bisenet(path)
     message = str(err.value)
-    assert "other.pth" in message and "missing keys: cp.resnet.conv1.weight" in message
-    assert "unexpected keys: backbone.0.weight" in message
+    assert "other.pth" in message and "missing keys (cp.resnet.conv1.weight" in message
+    assert "unexpected keys (backbone.0.weight" in message
     # Right keys, wrong shapes (e.g. a parser trained for another number of classes).
     state = dict(model.state_dict())
     state["conv_out.conv_out.weight"] = torch.zeros(11, 256, 1, 1)
     torch.save(state, tmp_path / "eleven.pth")
-    with pytest.raises(ModelError, match=r"shape mismatches: conv_out.conv_out.weight \(11, 256, 1, 1\)"):
+    with pytest.raises(ModelError, match=r"shape mismatches \(conv_out.conv_out.weight: checkpoint \(11, 256, 1, 1\)"):
         load_bisenet(tmp_path / "eleven.pth")
 
 

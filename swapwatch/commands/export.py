@@ -107,14 +107,14 @@ class _CheckedGraphTarget(ExportTarget):
     def parity_inputs(self, module) -> list: ...
 
     def fp16_error(self, reference: list, candidate: list) -> float:
-        from swapwatch.export.simswap import max_abs_error
+        from swapwatch.export.onnx_export import max_abs_error
 
         return max_abs_error(reference, candidate)
 
     def run(self, args: argparse.Namespace) -> int:
         from swapwatch.errors import ModelError
         from swapwatch.export.onnx_export import check_parity
-        from swapwatch.export.simswap import run_onnx, write_fp16_onnx
+        from swapwatch.export.onnx_export import run_onnx, write_fp16_onnx
 
         if args.trt:
             _require_tensorrt()
@@ -220,7 +220,7 @@ class ArcFaceTarget(_CheckedGraphTarget):
     def fp16_error(self, reference: list, candidate: list) -> float:
         import numpy as np
 
-        from swapwatch.export.simswap import max_abs_error
+        from swapwatch.export.onnx_export import max_abs_error
 
         def normed(sets: list) -> list:
             return [[o / np.linalg.norm(o, axis=-1, keepdims=True) for o in outs] for outs in sets]
