@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -25,25 +23,10 @@ from swapwatch.config import DetectorConfig  # noqa: E402
 from swapwatch.engines.detectors import create_detector
 from swapwatch.errors import SwapwatchError
 
+from machine import describe as describe_machine  # noqa: E402  (bench/ is on sys.path when run)
+
 RESOLUTIONS = ((640, 480), (1280, 720))
 CASES = (("mtcnn", "torch"), ("mtcnn", "onnxruntime"), ("yunet", "onnxruntime"), ("scrfd", "onnxruntime"))
-
-
-def machine() -> str:
-    import onnxruntime
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, onnxruntime "
-            f"{onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())})")
 
 
 def frame_at(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -73,7 +56,7 @@ def main() -> int:
 
     image = cv2.imread(str(Path(insightface.__file__).parent / "data/images/t1.jpg"))
     rows = []
-    print(f"machine: {machine()}\n")
+    print(f"machine: {describe_machine()}\n")
     print("| detector | backend | device | resolution | faces | p50 ms | p95 ms | fps (p50) |")
     print("|---|---|---|---|---|---|---|---|")
     for name, backend in CASES:
@@ -95,7 +78,7 @@ def main() -> int:
                          "resolution": f"{size[0]}x{size[1]}", "faces": n, "p50_ms": p50, "p95_ms": p95})
         sys.stdout.flush()
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "results": rows}, indent=2))
+        args.json.write_text(json.dumps({"machine": describe_machine(), "results": rows}, indent=2))
     return 0
 
 

@@ -27,7 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # fixture builders
 
-from detect_bench import machine  # noqa: E402
+from machine import describe as describe_machine  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
@@ -82,7 +82,7 @@ def main() -> int:
     faces = faces_and_images(args.assets)
     tmp = Path(tempfile.mkdtemp(prefix="swapbench-"))
     rows = []
-    print(f"machine: {machine()}\n")
+    print(f"machine: {describe_machine()}\n")
     print("| model | backend | precision | batch | ms per face | faces/s |")
     print("|---|---|---|---|---|---|")
 
@@ -145,7 +145,7 @@ def main() -> int:
           f"InsightFace INSwapper.get {ms_theirs:.2f} ms, ratio {ms_theirs / ms_ours:.2f}x")
     rows.append({"model": "inswapper-fixture", "swapwatch_ms": ms_ours, "insightface_ms": ms_theirs})
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "results": rows}, indent=2))
+        args.json.write_text(json.dumps({"machine": describe_machine(), "results": rows}, indent=2))
     return 0
 
 

@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,23 +37,10 @@ import numpy as np
 
 from swapwatch.engines.labelling import Watermarker, WatermarkConfig, webrtc_codec_roundtrip
 
+from machine import describe as describe_machine  # noqa: E402  (bench/ is on sys.path when run)
+
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = Path(os.environ.get("SWAPWATCH_SHARED_ASSETS", REPO.parent / "shared" / "assets"))
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import av
-
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, OpenCV {cv2.__version__}, "
-            f"PyAV {av.__version__}")
 
 
 def load_video(path: Path) -> list[np.ndarray]:
@@ -192,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         clean_all += [cv2.resize(f, (640, 480), interpolation=cv2.INTER_CUBIC) for f in clean_all[::5]]
         h0 = h0_calibration(clean_all[::2], args.keys, thr)
 
-    print(f"Watermark robustness ({machine()}; OpenCV threads {cv_threads})\n")
+    print(f"Watermark robustness ({describe_machine()}; OpenCV threads {cv_threads})\n")
     print(f"Method: keyed spread-spectrum luma pattern, grid {wm.config.grid[0]}x{wm.config.grid[1]} cells, "
           f"strength {wm.config.strength}-{wm.config.max_strength} levels, threshold z >= {thr}. "
           f"{len(clips)} GRID clips x 75 frames per cell of the table; encoder fps 30.\n")
@@ -221,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
               f">= 4: {h0['above_4']}, >= {thr:g}: {h0['above_threshold']}; Gaussian tail at the threshold "
               f"{h0['gaussian_tail_at_threshold']:.1e} per frame.")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "rows": rows, "timing": timing, "stress": stress,
+        args.json.write_text(json.dumps({"machine": describe_machine(), "rows": rows, "timing": timing, "stress": stress,
                                          "h0": h0}, indent=2))
     return 0
 

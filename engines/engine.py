@@ -39,17 +39,22 @@ class TensorSpec:
 
 
 class Engine(abc.ABC):
-    """A loaded model: input/output specs and a ``run`` on named tensors."""
+    """A loaded model: input/output specs and a ``run`` on named tensors.
+
+    Backends set ``_inputs`` and ``_outputs`` when they load the model.
+    """
 
     backend: str = "?"
+    _inputs: Sequence[TensorSpec]
+    _outputs: Sequence[TensorSpec]
 
     @property
-    @abc.abstractmethod
-    def inputs(self) -> Sequence[TensorSpec]: ...
+    def inputs(self) -> Sequence[TensorSpec]:
+        return self._inputs
 
     @property
-    @abc.abstractmethod
-    def outputs(self) -> Sequence[TensorSpec]: ...
+    def outputs(self) -> Sequence[TensorSpec]:
+        return self._outputs
 
     @abc.abstractmethod
     def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]:

@@ -63,14 +63,6 @@ class OnnxRuntimeEngine(Engine):
         return TensorSpec(node.name, shape, np.dtype(_ORT_TYPES.get(node.type, np.float32)))
 
     @property
-    def inputs(self) -> Sequence[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> Sequence[TensorSpec]:
-        return self._outputs
-
-    @property
     def device(self) -> str:
         return "cuda" if self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
 

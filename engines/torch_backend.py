@@ -37,14 +37,6 @@ class TorchEngine(Engine):
         self._outputs = [TensorSpec(n, (), np.dtype(np.float32)) for n in output_names]
 
     @property
-    def inputs(self) -> Sequence[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> Sequence[TensorSpec]:
-        return self._outputs
-
-    @property
     def device(self) -> str:
         return self._device.type
 

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 
@@ -98,14 +98,6 @@ class TensorRTEngine(Engine):
         tmp.write_bytes(serialized)
         os.replace(tmp, plan)
         return cls(serialized)
-
-    @property
-    def inputs(self) -> Sequence[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> Sequence[TensorSpec]:
-        return self._outputs
 
     @property
     def device(self) -> str:
