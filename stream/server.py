@@ -1,6 +1,15 @@
-"""The swapwatch HTTP server (aiohttp): the client page, health, and source-face uploads.
+"""The swapwatch HTTP/WebRTC server (aiohttp + aiortc), as PROTOCOL.md specifies it.
 
-Live WebRTC sessions (`POST /offer`, `/ws/{session}`) build on this app.
+    GET /                  the page (public)
+    GET /health            status, models, sessions
+    GET /metrics           Prometheus text
+    POST /sources          a source-face photo -> id (kept in memory only)
+    POST /offer            SDP offer + mode/source/faces -> SDP answer + session id (one Session each)
+    DELETE /sessions/{id}  close a session
+    GET /ws/{id}           the session's websocket: hello, metrics, alerts, heartbeats, control
+
+Signaling is stateless apart from the session registry; every model runs on the one inference worker
+thread; the event loop only moves frames and messages.
 """
 
 from __future__ import annotations
@@ -9,77 +18,122 @@ import asyncio
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from datetime import datetime
 from importlib import resources
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from aiohttp import web
+from aiortc import RTCConfiguration, RTCIceServer
+from swapwatch.engines.face import FaceDetector
+from swapwatch.engines.media import decode_image
+from swapwatch.engines.swapper import Swapper
+from swapwatch.stream.channel import SessionChannel
+from swapwatch.stream.metrics import PROMETHEUS_CONTENT_TYPE, ServerStats, SessionStats, render_prometheus
+from swapwatch.stream.offer import OfferError, OfferRequest, SessionSettings
+from swapwatch.stream.processing import FrameProcessor, default_monitor_factory
+from swapwatch.stream.recorder import Recorder
+from swapwatch.stream.security import AccessPolicy
+from swapwatch.stream.session import Session
+from swapwatch.stream.sources import SourceFace, SourceStore
+from swapwatch.stream.worker import InferenceWorker
 
 from swapwatch import __version__
 from swapwatch.config import Config
-from swapwatch.engines.face import Face, FaceDetector
-from swapwatch.engines.media import decode_image
 from swapwatch.errors import InputError
+
+__all__ = ["SwapwatchServer", "SourceFace", "SourceStore"]
 
 log = logging.getLogger(__name__)
 
 ALLOWED_UPLOAD_TYPES = {"image/jpeg", "image/png", "image/webp", "image/bmp"}
 
 
-@dataclass
-class SourceFace:
-    """An uploaded source photo, held in memory only (nothing a user sends is written to disk)."""
-
-    id: str
-    image: np.ndarray
-    face: Face
-    created: float = field(default_factory=time.monotonic)
-
-
-class SourceStore:
-    """Uploaded source faces by unguessable id, bounded so uploads cannot exhaust memory."""
-
-    def __init__(self, capacity: int = 64) -> None:
-        self.capacity = capacity
-        self._items: dict[str, SourceFace] = {}
-
-    def add(self, image: np.ndarray, face: Face) -> SourceFace:
-        while len(self._items) >= self.capacity:  # evict the oldest
-            self._items.pop(next(iter(self._items)))
-        item = SourceFace(secrets.token_urlsafe(16), image, face)
-        self._items[item.id] = item
-        return item
-
-    def get(self, source_id: str) -> SourceFace | None:
-        return self._items.get(source_id)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 class SwapwatchServer:
-    def __init__(self, config: Config, detector: FaceDetector) -> None:
+    def __init__(self, config: Config, detector: FaceDetector, swapper: Swapper | None = None, *,
+                 monitor_factory: Callable[[], Any | None] = default_monitor_factory) -> None:
+        """``swapper`` None: built from ``config.server.model`` when the app starts (on the worker)."""
         self.config = config
         self.detector = detector
+        self.swapper = swapper
+        self.monitor_factory = monitor_factory
         self.sources = SourceStore()
+        self.stats = ServerStats()
+        sc = config.server
+        self.access = AccessPolicy(sc.token, sc.allowed_origins)
+        self.worker = InferenceWorker(self.stats, batch_window=sc.batch_window, max_batch_faces=sc.max_batch_faces,
+                                      queue_size=max(16, 4 * sc.max_sessions))
+        self.sessions: dict[str, Session] = {}
+        self._negotiating = 0  # offers accepted for capacity but not registered yet
         self.started = time.time()
-        # Detection runs in a worker thread so the event loop never blocks on inference.
-        self._detect_lock = asyncio.Lock()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.server.max_upload_bytes + 64 * 1024)
+        app = web.Application(client_max_size=self.config.server.max_upload_bytes + 64 * 1024,
+                              middlewares=[self.access.middleware()])
         app.router.add_get("/", self.index)
         app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/sources", self.upload_source)
+        app.router.add_post("/offer", self.offer)
+        app.router.add_delete("/sessions/{session}", self.delete_session)
+        app.router.add_get("/ws/{session}", self.websocket)
+        app.on_startup.append(self._startup)
+        app.on_shutdown.append(self._shutdown)
+        app.on_cleanup.append(self._cleanup)
         return app
+
+    # ---- lifecycle ------------------------------------------------------------------------------------
+
+    async def _startup(self, app: web.Application) -> None:
+        self.worker.start()
+        if self.swapper is None:
+            from swapwatch.engines.swappers import create_swapper
+
+            name = self.config.server.model
+            self.swapper = (await self.worker.run(create_swapper, name)).swapper
+            log.info("swap model: %s%s", self.swapper.name, "" if self.swapper.learned else " (weight-free)")
+        # The detector's first run allocates; pay for it now rather than on a user's first frames.
+        await self.worker.run(self.detector.detect, np.zeros((240, 320, 3), np.uint8))
+
+    async def _shutdown(self, app: web.Application) -> None:
+        await asyncio.gather(*(s.close("server shutdown") for s in list(self.sessions.values())),
+                             return_exceptions=True)
+
+    async def _cleanup(self, app: web.Application) -> None:
+        await asyncio.to_thread(self.worker.stop)
+
+    def rtc_configuration(self) -> RTCConfiguration:
+        sc = self.config.server
+        servers = []
+        for url in sc.ice_servers:
+            turn = url.startswith(("turn:", "turns:"))
+            servers.append(RTCIceServer(urls=url, username=sc.ice_username if turn else None,
+                                        credential=sc.ice_credential if turn else None))
+        return RTCConfiguration(iceServers=servers)  # empty: host candidates only (no default STUN)
+
+    # ---- plain endpoints ------------------------------------------------------------------------------
 
     async def index(self, request: web.Request) -> web.Response:
         page = resources.files("swapwatch.client").joinpath("static/index.html").read_text()
         return web.Response(text=page, content_type="text/html")
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "version": __version__, "detector": self.detector.name,
-                                  "uptime_s": round(time.time() - self.started, 1), "sources": len(self.sources)})
+        sc = self.config.server
+        return web.json_response({
+            "status": "ok", "version": __version__, "detector": self.detector.name,
+            "swapper": self.swapper.name if self.swapper is not None else None,
+            "swapper_learned": bool(self.swapper is not None and self.swapper.learned),
+            "sessions": len(self.sessions), "max_sessions": sc.max_sessions,
+            "uptime_s": round(time.time() - self.started, 1), "sources": len(self.sources),
+            "ice_servers": list(sc.ice_servers), "auth": sc.token is not None,
+            "recording": sc.record_dir is not None})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        text = render_prometheus(self.stats, sessions=len(self.sessions), max_sessions=self.config.server.max_sessions,
+                                 queue_depth=self.worker.queue_depth, uptime=time.time() - self.started)
+        return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
     async def upload_source(self, request: web.Request) -> web.Response:
         limit = self.config.server.max_upload_bytes
@@ -103,11 +157,10 @@ class SwapwatchServer:
             if len(data) > limit:
                 return _error(413, f"upload larger than {limit} bytes")
         try:
-            image = decode_image(bytes(data), name=part.filename or "upload")
+            image = await asyncio.to_thread(decode_image, bytes(data), name=part.filename or "upload")
         except InputError as exc:
             return _error(400, str(exc))
-        async with self._detect_lock:
-            faces = await asyncio.to_thread(self.detector.detect, image)
+        faces = await self.worker.run(self.detector.detect, image)  # the models' one thread
         if not faces:
             return _error(422, "no face found in the photo; use a clear, frontal face")
         face = max(faces, key=lambda f: f.area)
@@ -115,6 +168,95 @@ class SwapwatchServer:
         log.info("source %s…: %dx%d, %d face(s)", item.id[:6], image.shape[1], image.shape[0], len(faces))
         return web.json_response({"id": item.id, "faces": len(faces), "face": face.to_json(),
                                   "size": [int(image.shape[1]), int(image.shape[0])]})
+
+    # ---- sessions -------------------------------------------------------------------------------------
+
+    async def offer(self, request: web.Request) -> web.Response:
+        sc = self.config.server
+        if not self.access.origin_ok(request):
+            self.stats.reject("origin")
+            return _error(403, "origin not allowed")
+        if request.content_length is not None and request.content_length > sc.max_offer_bytes:
+            self.stats.reject("bad_offer")
+            return _error(400, f"offer larger than {sc.max_offer_bytes} bytes")
+        try:
+            offer = OfferRequest.parse(await request.read(), max_bytes=sc.max_offer_bytes)
+        except OfferError as exc:
+            self.stats.reject("bad_offer")
+            return _error(400, str(exc))
+        settings = offer.settings
+        source = self.sources.get(settings.source) if settings.source else None
+        if settings.source and source is None:
+            self.stats.reject("unknown_source")
+            return _error(404, f"unknown source {settings.source!r}; upload a face with POST /sources")
+        if offer.record and sc.record_dir is None:
+            self.stats.reject("bad_offer")
+            return _error(400, "recording is not enabled on this server (start it with --record-dir)")
+        if len(self.sessions) + self._negotiating >= sc.max_sessions:
+            self.stats.reject("full")
+            return web.json_response({"error": f"server full ({sc.max_sessions} sessions); try again later"},
+                                     status=503, headers={"Retry-After": "5"})
+        self._negotiating += 1
+        try:
+            session = await self._create_session(settings, source, record=offer.record)
+            self.sessions[session.id] = session
+        except OfferError as exc:
+            self.stats.reject("bad_offer")
+            return _error(400, str(exc))
+        finally:
+            self._negotiating -= 1
+        try:
+            answer = await session.accept(offer.sdp)
+        except Exception as exc:  # the offer passed validation but aiortc cannot negotiate it
+            log.warning("offer refused during negotiation: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            await session.close("negotiation failed")
+            self.stats.reject("bad_offer")
+            return _error(400, f"cannot negotiate this offer: {exc}")
+        self.stats.sessions_created += 1
+        log.info("session %s…: %s, faces %s%s (%d live)", session.id[:6], settings.mode, settings.faces,
+                 ", recording" if session.recorder else "", len(self.sessions))
+        return web.json_response({"sdp": answer.sdp, "type": answer.type, "session": session.id})
+
+    async def _create_session(self, settings: SessionSettings, source: SourceFace | None, *,
+                              record: bool) -> Session:
+        try:
+            processor = await self.worker.run(self._new_processor, settings, source)
+        except (ValueError, InputError) as exc:
+            raise OfferError(f"cannot use this source: {exc}") from None
+        session_id = secrets.token_urlsafe(16)
+        recorder = None
+        if record:
+            name = f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(4)}.mp4"
+            recorder = Recorder(Path(self.config.server.record_dir) / name)
+        return Session(session_id, settings, source, processor=processor, worker=self.worker,
+                       config=self.config.server, stats=SessionStats(self.stats),
+                       rtc_config=self.rtc_configuration(), recorder=recorder, on_closed=self._closed)
+
+    def _new_processor(self, settings: SessionSettings, source: SourceFace | None) -> FrameProcessor:
+        return FrameProcessor(self.detector, self.swapper, settings, source, tracking=self.config.tracking,
+                              monitor_factory=self.monitor_factory)
+
+    def _closed(self, session: Session) -> None:
+        if self.sessions.pop(session.id, None) is not None:
+            self.stats.closed((session.close_reason or "closed").split(":")[0])
+
+    async def delete_session(self, request: web.Request) -> web.Response:
+        session = self.sessions.get(request.match_info["session"])
+        if session is None:
+            return _error(404, "no such session")
+        await session.close("deleted by client")
+        return web.json_response({"closed": session.id})
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        if not self.access.origin_ok(request):
+            return _error(403, "origin not allowed")
+        session = self.sessions.get(request.match_info["session"])
+        if session is None:
+            return _error(404, "no such session")
+        ws = web.WebSocketResponse(max_msg_size=self.config.server.max_message_bytes)
+        await ws.prepare(request)
+        await SessionChannel(session, ws, config=self.config.server, sources=self.sources).run()
+        return ws
 
 
 def _error(status: int, reason: str) -> web.Response:

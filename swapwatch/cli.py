@@ -19,6 +19,9 @@ COMMANDS = {
     "swap": "Swap faces in an image or a video to the identity in a source photo.",
     "models": "List, fetch, verify and locate model files.",
     "export": "Export a model to ONNX with a parity check against PyTorch.",
+    "train-detector": "Train the deepfake detector (frame scorer + temporal head) on real faces and pseudo-fakes.",
+    "monitor": "Watch a video file or a live stream (RTSP, HTTP, UDP) for watermarks and deepfake alerts.",
+    "join": "Join a swapwatch server's live session from a video file or a camera (headless WebRTC client).",
 }
 
 
@@ -31,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f"swapwatch.commands.{name}")
+        module = importlib.import_module(f"swapwatch.commands.{name.replace('-', '_')}")
         sp = module.add_parser(sub, name, help_text)
         sp.set_defaults(_run=module.run)
     return parser

@@ -26,6 +26,48 @@ class ServerConfig:
     port: int = 8080
     max_sessions: int = 4
     max_upload_bytes: int = 10 * 1024 * 1024
+    # Access. No token: no auth asked. Allowed origins: checked on the websocket and /offer when set (a
+    # browser always sends Origin; a request without one is a non-browser client and the token guards it).
+    token: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    # ICE: empty by default, so loopback and LAN work offline (aiortc would otherwise use Google's STUN).
+    # aiortc uses only the first STUN and the first TURN URL; the credentials apply to turn:/turns: URLs.
+    ice_servers: tuple[str, ...] = ()
+    ice_username: str | None = None
+    ice_credential: str | None = None
+    model: str = "auto"  # swap model for swap/both sessions (auto | classic | inswapper-128 | simswap-...)
+    # Recording happens only when the server has a folder AND the client's offer asks (`record: true`).
+    record_dir: str | None = None
+    # Session liveness: no decoded frame for idle_timeout s closes it (the first within connect_timeout).
+    idle_timeout: float = 5.0
+    connect_timeout: float = 15.0
+    close_on_websocket_close: bool = False  # by default the media, not the websocket, keeps a session
+    # Frame loop: an input frame not processed within frame_deadline s is answered by repeating the last
+    # processed frame; at most out_queue frames wait for the sender (older ones are dropped). While the
+    # sender waits on one frame's deadline, about frame_deadline x fps newer frames arrive: out_queue must
+    # hold them (8 covers 0.25 s at 30 fps), or frames are dropped that would have been in time.
+    frame_deadline: float = 0.25
+    out_queue: int = 10
+    # Worker: collect jobs for up to batch_window s (or until every live session has one in) and run the
+    # swapper on all their faces at once, at most max_batch_faces per generate call.
+    batch_window: float = 0.004
+    max_batch_faces: int = 16
+    # Websocket cadence and limits.
+    metrics_interval: float = 1.0
+    heartbeat_interval: float = 2.0
+    max_message_bytes: int = 16 * 1024
+    max_offer_bytes: int = 256 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
+        for name in ("idle_timeout", "connect_timeout", "frame_deadline", "metrics_interval", "heartbeat_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.out_queue < 1 or self.max_batch_faces < 1 or self.batch_window < 0:
+            raise ValueError("out_queue and max_batch_faces must be >= 1, batch_window >= 0")
+        if self.token is not None and not self.token:
+            raise ValueError("token must not be empty (leave it unset for no auth)")
 
 
 @dataclass(frozen=True)

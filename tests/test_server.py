@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestServer
+from swapwatch.stream.server import SwapwatchServer
 
 from swapwatch.config import Config, ServerConfig
-from swapwatch.stream.server import SwapwatchServer
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +86,143 @@ def test_upload_rejections(detector, case, status):
             assert r.status == 200
 
     with_server(detector, scenario, max_upload_bytes=256 * 1024)
+
+
+# ---- the frame path without WebRTC: parity, batching, stand-ins, metrics ---------------------------------------
+
+@pytest.fixture(scope="module")
+def grid_frames(clips):
+    import av
+
+    with av.open(str(next(c for c in clips if c.name.startswith("grid_")))) as c:
+        return [f for _, f in zip(range(6), c.decode(video=0))]
+
+
+@pytest.fixture(scope="module")
+def chris(face_photos, detector):
+    from swapwatch.stream.sources import SourceStore
+
+    image = cv2.imread(str(next(p for p in face_photos if p.name == "max_Chris.jpeg")))
+    return SourceStore().add(image, max(detector.detect(image), key=lambda f: f.area))
+
+
+def test_batched_frame_path_matches_swap_pipeline(detector, grid_frames, chris):
+    """prepare + generate + finish (the worker's seam) gives SwapPipeline.process's frame, labelled."""
+    from swapwatch.engines.classic import ClassicSwapper
+    from swapwatch.engines.labelling import SyntheticLabeller
+    from swapwatch.engines.pipeline import SwapOptions, SwapPipeline
+    from swapwatch.stream.offer import SessionSettings
+    from swapwatch.stream.processing import FrameProcessor, to_yuv420p
+
+    swapper = ClassicSwapper()
+    processor = FrameProcessor(detector, swapper, SessionSettings(mode="swap", source=chris.id), chris)
+    pipeline = SwapPipeline(detector, swapper, options=SwapOptions(), labeller=SyntheticLabeller())
+    pipeline.add_source(chris.image)
+    for i, frame in enumerate(grid_frames):
+        plan = processor.prepare(frame, i / 25)
+        assert plan.crops is not None and len(plan.crops) == 1
+        plan.generated = swapper.generate(plan.crops, plan.sources)
+        result = processor.finish(plan)
+        expected = pipeline.process(frame.to_ndarray(format="bgr24"), i / 25)
+        assert result.swapped == 1 and not result.held
+        assert np.array_equal(result.yuv, to_yuv420p(expected.frame)), i
+
+
+def test_worker_batches_faces_across_sessions(detector, grid_frames, chris):
+    from swapwatch.engines.classic import ClassicSwapper
+    from swapwatch.stream.metrics import ServerStats
+    from swapwatch.stream.offer import SessionSettings
+    from swapwatch.stream.processing import FrameProcessor
+    from swapwatch.stream.worker import InferenceWorker
+
+    class CountingSwapper(ClassicSwapper):
+        def __init__(self):
+            super().__init__()
+            self.batches = []
+
+        def generate(self, target_crops, sources):
+            self.batches.append(len(target_crops))
+            return super().generate(target_crops, sources)
+
+    swapper = CountingSwapper()
+    worker = InferenceWorker(ServerStats(), batch_window=0.5)  # long window: both sessions' frames meet
+    worker.start()
+    try:
+        settings = SessionSettings(mode="swap", source=chris.id)
+        processors = [worker.call(FrameProcessor, detector, swapper, settings, chris).result() for _ in range(3)]
+        for _ in processors:
+            worker.attach()
+        futures = [worker.submit(p, grid_frames[0], 0.0) for p in processors]
+        results = [f.result(timeout=30) for f in futures]
+    finally:
+        worker.stop()
+    assert swapper.batches == [3]  # one generate call for the three sessions' faces
+    assert all(r.swapped == 1 and "generate" in r.timings and "detect" in r.timings for r in results)
+    assert worker.stats.batch_sizes.count == 1
+
+
+def test_stand_ins_never_show_the_raw_frame_in_swap_mode(grid_frames):
+    import av
+    from swapwatch.stream.metrics import SessionStats
+    from swapwatch.stream.processing import Processed, to_yuv420p
+    from swapwatch.stream.tracks import ProcessedTrack
+
+    raw = grid_frames[0].reformat(format="yuv420p")
+    raw.pts, raw.time_base = 1234, grid_frames[0].time_base
+
+    async def main(mode: str):
+        stats = SessionStats()
+        track = ProcessedTrack(stats, deadline=0.05, capacity=4, raw_allowed=lambda: mode == "monitor")
+        loop = asyncio.get_running_loop()
+        track.push(raw, loop.time())  # never processed: a stand-in goes out after the deadline
+        first = await track.recv()
+        swapped = to_yuv420p(np.full((288, 360, 3), 90, np.uint8))
+        slot = track.push(raw, loop.time())
+        slot.resolve(Processed(swapped, 1, 1, False, [], {}))
+        track.processed(slot.result.result())
+        second = await track.recv()
+        track.push(raw, loop.time())  # late again: now the last processed frame is repeated
+        third = await track.recv()
+        track.stop()
+        return first, second, third, stats.counters
+
+    first, second, third, counters = asyncio.run(main("swap"))
+    raw_planes = raw.to_ndarray()
+    assert isinstance(first, av.VideoFrame) and first.pts == 1234 and first.time_base == raw.time_base
+    assert not np.array_equal(first.to_ndarray(), raw_planes) and first.to_ndarray()[:288].mean() < 40  # black card
+    assert (second.to_ndarray()[:288] == third.to_ndarray()[:288]).all()  # the swapped frame, repeated
+    assert counters.frames_out == 3 and counters.repeated == 2 and counters.dropped == 2
+    first, *_ = asyncio.run(main("monitor"))
+    assert first is raw  # in monitor mode the user's own frame may pass
+
+
+def test_metrics_endpoint_is_prometheus_text(detector):
+    import re
+
+    sample = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"]*"(,[a-zA-Z_][a-zA-Z0-9_]*="[^"]*")*\})?'
+                        r' (-?[0-9.e+-]+|NaN|[+-]Inf)$')
+
+    async def scenario(http, server):
+        server.stats.stages.add("detect", 0.012)
+        async with http.get("/metrics") as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            return await r.text()
+
+    text = with_server(detector, scenario)
+    for line in text.splitlines():
+        assert line.startswith(("# HELP ", "# TYPE ")) or sample.match(line), line
+    for name in ("swapwatch_sessions", "swapwatch_frames_in_total", "swapwatch_frames_out_total",
+                 "swapwatch_frames_dropped_total", "swapwatch_stage_seconds", "swapwatch_added_latency_seconds"):
+        assert f"# TYPE {name} " in text
+    assert 'swapwatch_stage_seconds{stage="detect",quantile="0.5"} 0.012' in text
+
+
+def test_session_settings_validation():
+    from swapwatch.stream.offer import OfferError, OfferRequest, SessionSettings
+
+    assert SessionSettings(mode="monitor").to_json() == {"mode": "monitor", "source": None, "faces": "all"}
+    for kwargs in ({"mode": "swap"}, {"mode": "x"}, {"mode": "monitor", "faces": "two"}):
+        with pytest.raises(OfferError):
+            SessionSettings(**kwargs)
+    with pytest.raises(OfferError, match="larger"):
+        OfferRequest.parse(b"x" * 100, max_bytes=10)

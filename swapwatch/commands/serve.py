@@ -14,34 +14,71 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p = subparsers.add_parser(name, help=help_text, description=help_text)
     p.add_argument("--host", default=ServerConfig.host, help=f"address to bind (default: {ServerConfig.host})")
     p.add_argument("--port", type=int, default=ServerConfig.port, help=f"port (default: {ServerConfig.port})")
-    p.add_argument("--max-sessions", type=int, default=ServerConfig.max_sessions)
+    p.add_argument("--max-sessions", type=int, default=ServerConfig.max_sessions,
+                   help=f"concurrent sessions; more get 503 (default: {ServerConfig.max_sessions})")
+    p.add_argument("--token", default=None,
+                   help="require 'Authorization: Bearer TOKEN' (the websocket also takes ?token=TOKEN)")
+    p.add_argument("--allowed-origin", dest="allowed_origins", action="append", default=[], metavar="ORIGIN",
+                   help="accept websockets and offers from this page origin only (repeatable), "
+                        "e.g. https://swap.example.org")
+    p.add_argument("--ice-server", dest="ice_servers", action="append", default=[], metavar="URL",
+                   help="STUN/TURN server (repeatable; aiortc uses the first STUN and the first TURN), e.g. "
+                        "stun:stun.example.org:3478 or turn:turn.example.org:3478?transport=udp; "
+                        "none by default (host candidates only, works on a LAN and offline)")
+    p.add_argument("--ice-username", default=None, help="username for the turn: servers")
+    p.add_argument("--ice-credential", default=None, help="credential for the turn: servers")
+    p.add_argument("--model", default=ServerConfig.model,
+                   choices=("auto", "simswap-224", "simswap-512", "inswapper-128", "classic"),
+                   help="swap model (default: the best installed learned model, else the weight-free classic)")
     p.add_argument("--detector", choices=("mtcnn", "yunet", "scrfd"), default=None,
                    help=f"face detector (default: {DetectorConfig.name}, falling back to mtcnn when its "
                         "model cannot be fetched)")
+    p.add_argument("--detect-every", type=int, default=1, metavar="K",
+                   help="run the detector every K frames, optical-flow tracking in between (default: 1)")
     p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--record-dir", default=None, metavar="DIR",
+                   help="allow sessions that ask for it (record: true in the offer) to be recorded here; "
+                        "without it nothing a user streams is written to disk")
+    p.add_argument("--idle-timeout", type=float, default=ServerConfig.idle_timeout, metavar="S",
+                   help=f"close a session after S seconds without frames (default: {ServerConfig.idle_timeout:g})")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from swapwatch.config import Config, DetectorConfig, ServerConfig
+    from swapwatch.config import Config, DetectorConfig, ServerConfig, TrackingConfig
     from swapwatch.engines.detectors import create_detector
-    from swapwatch.errors import ModelError
+    from swapwatch.engines.swappers import create_swapper
+    from swapwatch.errors import InputError, ModelError
     from swapwatch.stream.server import SwapwatchServer
 
-    detector_config = DetectorConfig(name=args.detector or DetectorConfig.name, backend=args.backend)
-    config = Config(detector=detector_config,
-                    server=ServerConfig(host=args.host, port=args.port, max_sessions=args.max_sessions))
+    try:
+        server_config = ServerConfig(
+            host=args.host, port=args.port, max_sessions=args.max_sessions, token=args.token,
+            allowed_origins=tuple(args.allowed_origins), ice_servers=tuple(args.ice_servers),
+            ice_username=args.ice_username, ice_credential=args.ice_credential, model=args.model,
+            record_dir=args.record_dir, idle_timeout=args.idle_timeout)
+        tracking = TrackingConfig(detect_every=args.detect_every)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    detector_config = DetectorConfig(name=args.detector or DetectorConfig.name, backend=args.backend,
+                                     device=args.device)
+    config = Config(detector=detector_config, tracking=tracking, server=server_config)
     try:
         detector = create_detector(config.detector)
     except ModelError as exc:
         if args.detector:  # the user asked for this one: do not silently substitute
             raise
         log.warning("default detector %s unavailable (%s); falling back to mtcnn", detector_config.name, exc)
-        detector = create_detector(DetectorConfig(name="mtcnn", backend=args.backend))
-    log.info("detector: %s", detector.name)
-    server = SwapwatchServer(config, detector)
+        detector = create_detector(DetectorConfig(name="mtcnn", backend=args.backend, device=args.device))
+    swapper = create_swapper(args.model, backend=args.backend, device=args.device).swapper
+    log.info("detector: %s; swap model: %s%s", detector.name, swapper.name,
+             "" if swapper.learned else " (weight-free: no learned swapper installed)")
+    if args.token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without --token: anyone who can reach it can start sessions", args.host)
+    server = SwapwatchServer(config, detector, swapper)
     print(f"swapwatch serving on http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
     web.run_app(server.app(), host=args.host, port=args.port, print=None)
     return 0

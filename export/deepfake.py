@@ -1,0 +1,326 @@
+"""The deepfake detector's two networks, their checkpoint format and their ONNX export.
+
+- :class:`FrameScorer`: a compact ResNet over one aligned face crop with a margin. It returns a feature vector
+  (the temporal head's input) and a per-frame fake logit (trained directly, so a frame can be scored alone).
+- :class:`TemporalHead`: the original system's head (GRU 16 -> GRU 8 -> dropout -> dense 8 -> dense 1) over the
+  features of the last W frames of one face track, masked so that a window shorter than W gives exactly the
+  result of running the GRUs on the shorter sequence.
+
+Why a compact ResNet (4 stages of one basic block, widths 16-32-64-128, ~0.3 M parameters) rather than a
+MobileNetV3-Small or EfficientNet-lite style net: measured on the project's 2-core CPU at 128x128, one training
+step of 32 crops costs 111 ms for this net and 91 ms for a hand-written MobileNetV3-Small, and one crop 2.2 ms
+vs 2.1 ms in eager PyTorch, so depthwise separable blocks buy almost nothing at this size; dense 3x3
+convolutions keep more channels at the high-resolution stages, where blending seams and resampling traces
+live, and they map onto oneDNN, cuDNN and TensorRT kernels without the memory-bound depthwise layers, squeeze-
+excitation and hard-swish that make small-batch GPU latency poor. The data this project can train on is tiny,
+which also argues for few parameters.
+
+Input contract (both backends): ``crops`` float32 (N, 3, S, S), BGR, raw pixel values 0..255 (the
+normalisation is part of the graph, so callers only transpose and cast). Outputs ``features`` (N, F) and
+``logits`` (N,). The head takes ``features`` (N, W, F) in time order (oldest first) and ``mask`` (N, W) with 1
+for a real frame and 0 for padding; padding goes at the start (left), and returns ``logits`` (N,).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from swapwatch.errors import ModelError
+
+FORMAT = "swapwatch-deepfake-v1"  # the ``format`` key of a checkpoint, checked when loading
+
+
+# --------------------------------------------------------------------------------------------------
+# Configurations
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """Frame scorer: crop size, stage widths and basic blocks per stage (the first stage has stride 1 after
+    the stride-2 stem, each later one halves the resolution)."""
+
+    size: int = 128
+    widths: tuple[int, ...] = (16, 32, 64, 128)
+    blocks: tuple[int, ...] = (1, 1, 1, 1)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
+        if len(self.widths) != len(self.blocks) or not self.widths:
+            raise ValueError("widths and blocks need one entry per stage")
+        if self.size % (2 ** len(self.widths)) != 0:
+            raise ValueError(f"crop size {self.size} must be divisible by {2 ** len(self.widths)}")
+
+    @property
+    def feature_dim(self) -> int:
+        return self.widths[-1]
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Temporal head: the original GRU 16 -> GRU 8 -> dropout -> dense 8 -> dense 1 over ``window`` frames."""
+
+    feature_dim: int = 128
+    window: int = 20
+    hidden: tuple[int, ...] = (16, 8)
+    dense: int = 8
+    dropout: float = 0.3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.window < 1 or not self.hidden:
+            raise ValueError("the head needs a window of at least 1 frame and at least one GRU layer")
+
+
+# --------------------------------------------------------------------------------------------------
+# Frame scorer
+# --------------------------------------------------------------------------------------------------
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convolutions and a (projected when the shape changes) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = _conv_bn(cin, cout, stride)
+        self.conv2 = _conv_bn(cout, cout)
+        self.shortcut = _conv_bn(cin, cout, stride, 1) if (cin != cout or stride != 1) else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv2(torch.relu(self.conv1(x))) + self.shortcut(x))
+
+
+class FrameScorer(nn.Module):
+    """Compact ResNet: stride-2 3x3 stem, one stage per width, global average pool -> features, linear -> logit."""
+
+    # Fixed input normalisation inside the graph: 0..255 pixels to about [-2, 2].
+    PIXEL_MEAN = 127.5
+    PIXEL_SCALE = 1.0 / 64.0
+
+    def __init__(self, config: ScorerConfig = ScorerConfig()) -> None:
+        super().__init__()
+        self.config = config
+        widths = config.widths
+        self.stem = nn.Sequential(_conv_bn(3, widths[0], 2), nn.ReLU(inplace=True))
+        stages = []
+        cin = widths[0]
+        for i, (width, blocks) in enumerate(zip(widths, config.blocks)):
+            layers = [BasicBlock(cin if j == 0 else width, width, (1 if i == 0 else 2) if j == 0 else 1)
+                      for j in range(blocks)]
+            stages.append(nn.Sequential(*layers))
+            cin = width
+        self.stages = nn.Sequential(*stages)
+        self.classifier = nn.Linear(cin, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # Zero the last BN of each residual branch: every block starts as the identity (stabler early training).
+        for m in self.modules():
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.conv2[1].weight)
+
+    def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (crops - self.PIXEL_MEAN) * self.PIXEL_SCALE
+        x = self.stages(self.stem(x))
+        features = x.mean(dim=(2, 3))
+        return features, self.classifier(features).squeeze(1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Temporal head
+# --------------------------------------------------------------------------------------------------
+
+
+class MaskedGRU(nn.Module):
+    """One batch-first GRU layer whose state stays put on masked (padding) steps.
+
+    Written with two Linear layers instead of ``nn.GRU`` so that it exports to plain ONNX MatMul/Sigmoid/Tanh
+    ops (unrolled over the fixed window) and so that the mask is exact: ``h_t = m_t * gru(x_t, h_{t-1}) +
+    (1 - m_t) * h_{t-1}``. With padding at the start and ``h_0 = 0`` a short window gives the same output as
+    the unpadded sequence, whatever values the padded steps hold. Gate order (reset, update, new) and the
+    ``b_hn`` inside the reset product follow ``nn.GRU``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.input_proj = nn.Linear(input_size, 3 * hidden_size)
+        self.hidden_proj = nn.Linear(hidden_size, 3 * hidden_size)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x`` (N, T, I), ``mask`` (N, T) -> outputs (N, T, H) (the state after each step)."""
+        n, steps, _ = x.shape
+        h = x.new_zeros(n, self.hidden_size)
+        gi_all = self.input_proj(x)  # one matmul for every step's input gates
+        outputs = []
+        for t in range(steps):
+            gi = gi_all[:, t]
+            gh = self.hidden_proj(h)
+            i_r, i_z, i_n = gi.chunk(3, dim=1)
+            h_r, h_z, h_n = gh.chunk(3, dim=1)
+            r = torch.sigmoid(i_r + h_r)
+            z = torch.sigmoid(i_z + h_z)
+            cand = torch.tanh(i_n + r * h_n)
+            new = (1.0 - z) * cand + z * h
+            m = mask[:, t : t + 1]
+            h = m * new + (1.0 - m) * h
+            outputs.append(h)
+        return torch.stack(outputs, dim=1)
+
+
+class TemporalHead(nn.Module):
+    """GRU 16 -> GRU 8 -> dropout -> dense 8 (ReLU) -> dense 1 on the last step's state.
+
+    The scorer is frozen while the head trains, so the features are standardised with the training set's
+    per-dimension mean and standard deviation, stored as buffers (part of the exported graph).
+    """
+
+    def __init__(self, config: HeadConfig = HeadConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.register_buffer("feature_mean", torch.zeros(config.feature_dim))
+        self.register_buffer("feature_std", torch.ones(config.feature_dim))
+        sizes = (config.feature_dim, *config.hidden)
+        self.grus = nn.ModuleList(MaskedGRU(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.dropout = nn.Dropout(config.dropout)
+        self.dense = nn.Linear(sizes[-1], config.dense)
+        self.out = nn.Linear(config.dense, 1)
+
+    def set_normalisation(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.feature_std.copy_(torch.as_tensor(np.maximum(std, 1e-4), dtype=torch.float32))
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = (features - self.feature_mean) / self.feature_std
+        mask = mask.to(x.dtype)
+        for gru in self.grus:
+            x = gru(x, mask)
+        h = self.dropout(x[:, -1])  # right-aligned windows: the newest frame is always the last step
+        return self.out(torch.relu(self.dense(h))).squeeze(1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints: one .pt with both state_dicts, configs and metadata (plain tensors and dicts only)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DetectorModels:
+    """A scorer and a head with the metadata the runtime needs (crop template margin, threshold, ...)."""
+
+    scorer: FrameScorer
+    head: TemporalHead
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(models: DetectorModels, path: str | Path) -> Path:
+    """Write ``path`` (.pt) atomically: state_dicts, configs and metadata, loadable with ``weights_only``."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "scorer_config": _plain(asdict(models.scorer.config)),
+        "head_config": _plain(asdict(models.head.config)),
+        "scorer": models.scorer.state_dict(),
+        "head": models.head.state_dict(),
+        "meta": json.dumps(models.meta),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> DetectorModels:
+    """Read a checkpoint written by :func:`save_checkpoint` (strict: a mismatched file fails loudly)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"detector checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        raise ModelError(f"cannot read {path.name} as a detector checkpoint: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelError(f"{path.name} is not a swapwatch deepfake checkpoint (format {FORMAT})")
+    scorer = FrameScorer(ScorerConfig(**payload["scorer_config"]))
+    head = TemporalHead(HeadConfig(**payload["head_config"]))
+    try:
+        scorer.load_state_dict(payload["scorer"], strict=True)
+        head.load_state_dict(payload["head"], strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"{path.name}: weights do not match the model definition: {exc}") from exc
+    return DetectorModels(scorer.eval(), head.eval(), json.loads(payload.get("meta") or "{}"))
+
+
+def _plain(value: Any) -> Any:
+    # Tuples become lists so the config round-trips through weights_only loading and JSON alike.
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# ONNX export
+# --------------------------------------------------------------------------------------------------
+
+SCORER_INPUTS = ("crops",)
+SCORER_OUTPUTS = ("features", "logits")
+HEAD_INPUTS = ("features", "mask")
+HEAD_OUTPUTS = ("logits",)
+
+
+def export_scorer(scorer: FrameScorer, path: str | Path, *, opset: int | None = None) -> Path:
+    """Scorer to ONNX with a dynamic batch dimension."""
+    from swapwatch.export.onnx_export import DEFAULT_OPSET, export_onnx
+
+    size = scorer.config.size
+    example = (torch.zeros(2, 3, size, size),)
+    return export_onnx(scorer.eval(), example, path, input_names=SCORER_INPUTS, output_names=SCORER_OUTPUTS,
+                       dynamic_axes={"crops": {0: "batch"}, "features": {0: "batch"}, "logits": {0: "batch"}},
+                       opset=opset or DEFAULT_OPSET)
+
+
+def export_head(head: TemporalHead, path: str | Path, *, opset: int | None = None) -> Path:
+    """Head to ONNX: dynamic batch, the window fixed at ``config.window`` (the GRU loop is unrolled)."""
+    from swapwatch.export.onnx_export import DEFAULT_OPSET, export_onnx
+
+    cfg = head.config
+    example = (torch.zeros(2, cfg.window, cfg.feature_dim), torch.ones(2, cfg.window))
+    return export_onnx(head.eval(), example, path, input_names=HEAD_INPUTS, output_names=HEAD_OUTPUTS,
+                       dynamic_axes={"features": {0: "batch"}, "mask": {0: "batch"}, "logits": {0: "batch"}},
+                       opset=opset or DEFAULT_OPSET)
+
+
+def scorer_parity_inputs(config: ScorerConfig, seed: int = 0,
+                         batches: Sequence[int] = (1, 3)) -> list[tuple[np.ndarray]]:
+    """Random crops in the pixel range, at several batch sizes (the batch dim is dynamic)."""
+    rng = np.random.default_rng(seed)
+    return [(rng.uniform(0, 255, (n, 3, config.size, config.size)).astype(np.float32),) for n in batches]
+
+
+def head_parity_inputs(config: HeadConfig, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Full, short (left-padded) and single-frame windows, with garbage in the padded steps."""
+    rng = np.random.default_rng(seed)
+    sets = []
+    for n, valid in ((1, config.window), (3, max(config.window // 2, 1)), (2, 1)):
+        feats = rng.normal(0.5, 1.0, (n, config.window, config.feature_dim)).astype(np.float32)
+        mask = np.zeros((n, config.window), np.float32)
+        mask[:, config.window - valid:] = 1.0
+        sets.append((feats, mask))
+    return sets

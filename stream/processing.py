@@ -1,0 +1,247 @@
+"""A session's frame path, split in two so that the worker can batch the swapper across sessions.
+
+    prepare(frame) : to BGR at the session's fixed size -> detect + track -> choose faces -> align crops
+    [worker]       : swapper.generate on the crops of every session in the batch, at once
+    finish(plan)   : mask -> colour -> paste back -> SYNTHETIC badge + watermark -> monitor -> yuv420p
+
+This is :meth:`SwapPipeline.process` with a seam at ``generate``; it uses the session's own SwapPipeline
+(its selection, masks, options, labeller and source identities) and one tracker per session. Everything
+here runs on the worker thread only: a processor is never touched by two threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+from swapwatch.engines.align import AlignedFace, align_face
+from swapwatch.engines.blend import match_colour, paste_back
+from swapwatch.engines.face import Face, FaceDetector
+from swapwatch.engines.labelling import SyntheticLabeller
+from swapwatch.engines.pipeline import SwapOptions, SwapPipeline
+from swapwatch.engines.selection import DEFAULT_SOURCE, FaceSelection
+from swapwatch.engines.swapper import SourceIdentity, Swapper
+from swapwatch.engines.tracking import FACE_SMOOTHING, FaceTracker, KeyframeTracker
+from swapwatch.stream.offer import SessionSettings
+from swapwatch.stream.sources import SourceFace
+
+from swapwatch.config import TrackingConfig
+
+log = logging.getLogger(__name__)
+
+# A frame with no face to swap shortly after one had a face is most likely a detector miss: repeat the last
+# swapped frame rather than show the unswapped face for a frame.
+MISS_HOLD_S = 0.5
+
+
+@dataclass
+class FramePlan:
+    """A frame between :meth:`FrameProcessor.prepare` and :meth:`FrameProcessor.finish`."""
+
+    image: np.ndarray  # BGR at the session's output size
+    t: float
+    faces: list[Face]
+    aligned: list[AlignedFace] = field(default_factory=list)
+    crops: np.ndarray | None = None  # (N, S, S, 3) for the swapper; None when nothing is swapped
+    sources: list[SourceIdentity] = field(default_factory=list)
+    swapper: Swapper | None = None
+    generated: np.ndarray | None = None  # filled by the worker
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Processed:
+    """A processed frame as the session needs it: planes ready for the encoder, and what happened."""
+
+    yuv: np.ndarray  # yuv420p planes, shape (H * 3 / 2, W), uint8
+    faces: int
+    swapped: int
+    held: bool  # the last swapped frame again (detector miss), not this frame
+    events: list[dict[str, Any]]  # websocket alert messages
+    timings: dict[str, float]
+
+
+def output_size(width: int, height: int) -> tuple[int, int]:
+    """The fixed output size for a stream whose first frame is ``width`` x ``height``: yuv420p needs even
+    sides."""
+    return max(2, width - width % 2), max(2, height - height % 2)
+
+
+def default_monitor_factory() -> Any | None:
+    """FrameMonitor when engines/monitor.py is there; None (no alerts, frames still flow) otherwise."""
+    try:
+        from swapwatch.engines.monitor import FrameMonitor
+    except ImportError as exc:
+        log.warning("monitor unavailable (%s): monitor sessions return frames without alerts", exc)
+        return None
+    return FrameMonitor()
+
+
+class FrameProcessor:
+    def __init__(self, detector: FaceDetector, swapper: Swapper, settings: SessionSettings,
+                 source: SourceFace | None, *, tracking: TrackingConfig = TrackingConfig(),
+                 monitor_factory: Callable[[], Any | None] = default_monitor_factory) -> None:
+        self.detector = detector
+        self.swapper = swapper
+        self.tracking = tracking
+        self.monitor_factory = monitor_factory
+        self.tracker = KeyframeTracker(detector, FaceTracker(smoothing=FACE_SMOOTHING if tracking.smoothing else None),
+                                       k=tracking.detect_every)
+        self.settings = SessionSettings(mode="monitor")
+        self.pipeline: SwapPipeline | None = None
+        self.monitor: Any | None = None
+        self.overlay: Any | None = None
+        self.size: tuple[int, int] | None = None
+        self._last_swap: tuple[float, np.ndarray] | None = None  # (t, yuv) of the last frame with a swap
+        self.configure(settings, source)
+
+    # ---- settings (worker thread; applied between frames) ---------------------------------------------
+
+    def configure(self, settings: SessionSettings, source: SourceFace | None) -> list[dict[str, Any]]:
+        """Apply new settings; on any error nothing changes. Returns alert messages this ends (a monitor
+        that stops ends its alerts)."""
+        pipeline, identity = self.pipeline, None
+        if settings.swaps:
+            if source is None:
+                raise ValueError("swapping needs a source face")
+            identity = self._identity(source)
+            if pipeline is None:
+                pipeline = SwapPipeline(self.detector, self.swapper, labeller=SyntheticLabeller(),
+                                        options=SwapOptions(detect_every=self.tracking.detect_every,
+                                                            smoothing=self.tracking.smoothing))
+                pipeline.tracker = self.tracker  # one tracker per session, whatever the mode
+        monitor = self.monitor
+        if settings.monitors and monitor is None:
+            monitor = self.monitor_factory()
+            self.overlay = _overlay() if monitor is not None else None
+        # Everything that could fail has run: commit.
+        events: list[dict[str, Any]] = []
+        if pipeline is not None:
+            pipeline.selection = FaceSelection.parse(settings.faces)
+            if identity is not None:
+                pipeline.sources[DEFAULT_SOURCE] = identity
+        if not settings.monitors and monitor is not None:
+            events = _alerts(monitor.close())
+            monitor = None
+        if not settings.swaps:
+            self._last_swap = None
+        self.pipeline, self.monitor, self.settings = pipeline, monitor, settings
+        return events
+
+    def _identity(self, source: SourceFace) -> SourceIdentity:
+        identity = source.identities.get(self.swapper.name)
+        if identity is None:  # once per photo and swapper, shared by the sessions that use it
+            identity = self.swapper.prepare_source(source.image, source.face)
+            source.identities[self.swapper.name] = identity
+        return identity
+
+    def close(self) -> list[dict[str, Any]]:
+        events = _alerts(self.monitor.close()) if self.monitor is not None else []
+        self.monitor = self.pipeline = None
+        return events
+
+    # ---- the frame path ---------------------------------------------------------------------------------
+
+    def prepare(self, frame: av.VideoFrame, t: float) -> FramePlan:
+        clock = time.perf_counter
+        t0 = clock()
+        image = frame.to_ndarray(format="bgr24")
+        if self.size is None:
+            self.size = output_size(image.shape[1], image.shape[0])
+        if (image.shape[1], image.shape[0]) != self.size:  # the output size never changes (encoder rebuilds)
+            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        t1 = clock()
+        faces = self.tracker.process(image, t)
+        t2 = clock()
+        plan = FramePlan(image, t, faces, timings={"convert": t1 - t0, "detect": t2 - t1})
+        pipeline = self.pipeline
+        if pipeline is not None and self.settings.swaps:
+            chosen = pipeline.selection.select(faces, image)  # all | largest: no embeddings
+            if chosen:
+                template = self.swapper.template
+                plan.aligned = [align_face(image, f.landmarks, template) for f, _ in chosen]
+                plan.crops = np.stack([a.crop for a in plan.aligned])
+                plan.sources = [pipeline.sources[key] for _, key in chosen]
+                plan.swapper = self.swapper
+            plan.timings["align"] = clock() - t2
+        return plan
+
+    def finish(self, plan: FramePlan) -> Processed:
+        clock = time.perf_counter
+        out, held, swapped = plan.image, False, 0
+        timings = plan.timings
+        pipeline = self.pipeline
+        if pipeline is not None and self.settings.swaps:
+            t0 = clock()
+            if plan.crops is not None and plan.generated is not None:
+                out = self._paste(pipeline, plan)
+                swapped = len(plan.aligned)
+            t1 = clock()
+            timings["paste"] = t1 - t0
+            if not swapped and self._last_swap is not None and plan.t - self._last_swap[0] <= MISS_HOLD_S:
+                held = True
+            else:
+                out = pipeline.labeller(out) if pipeline.labeller is not None else out
+            timings["label"] = clock() - t1
+        events: list[dict[str, Any]] = []
+        if self.monitor is not None and not held:
+            t0 = clock()
+            events = _alerts(self.monitor.process(out, plan.t, plan.faces))
+            out = self.overlay(out, self.monitor, plan.faces)
+            timings["monitor"] = clock() - t0
+        elif self.settings.monitors and not held:  # no monitor installed: say so on the frame
+            out = _plain_overlay(out, None, plan.faces)
+        t0 = clock()
+        if held:
+            yuv = self._last_swap[1]
+        else:
+            yuv = to_yuv420p(out)
+            if swapped:
+                self._last_swap = (plan.t, yuv)
+        timings["output"] = clock() - t0
+        return Processed(yuv, len(plan.faces), swapped, held, events, timings)
+
+    def _paste(self, pipeline: SwapPipeline, plan: FramePlan) -> np.ndarray:
+        options, template = pipeline.options, self.swapper.template
+        masks = [pipeline.masks.face(template, index=a.template_index, keep_mouth=options.keep_mouth)
+                 for a in plan.aligned]
+        generated = plan.generated
+        if options.colour_match and self.swapper.learned:  # classic matches colours itself
+            generated = np.stack([match_colour(g, c, m) for g, c, m in zip(generated, plan.crops, masks)])
+        out = plan.image.copy()
+        for crop, a, mask in zip(generated, plan.aligned, masks):
+            out = paste_back(out, crop, a.matrix, mask, out=out)
+        return out
+
+
+def to_yuv420p(image_bgr: np.ndarray) -> np.ndarray:
+    """BGR -> yuv420p planes with swscale's BT.601 limited range, which the encoder and decoders assume
+    (OpenCV's YUV_I420 is full range: faces would come out with too much contrast)."""
+    return av.VideoFrame.from_ndarray(image_bgr, format="bgr24").reformat(format="yuv420p").to_ndarray()
+
+
+def _alerts(events) -> list[dict[str, Any]]:
+    return [e.to_json() for e in events or ()]
+
+
+def _overlay() -> Callable[[np.ndarray, Any, list[Face]], np.ndarray]:
+    try:
+        from swapwatch.engines.monitor import MonitorOverlay
+    except ImportError:
+        return _plain_overlay
+    overlay = MonitorOverlay()
+    return lambda image, monitor, faces: overlay.draw(image, monitor.state, faces)
+
+
+def _plain_overlay(image: np.ndarray, monitor: Any, faces: list[Face]) -> np.ndarray:
+    out = image.copy()
+    text = f"monitor unavailable: {len(faces)} face(s)" if monitor is None else f"monitoring: {len(faces)} face(s)"
+    cv2.putText(out, text, (8, out.shape[0] - 8), cv2.FONT_HERSHEY_SIMPLEX,
+                0.45, (80, 200, 80), 1, cv2.LINE_AA)
+    return out

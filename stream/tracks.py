@@ -1,0 +1,153 @@
+"""The outgoing video track: processed frames, in input order, with the input frames' timestamps.
+
+Every decoded input frame gets a slot, in order. ``recv()`` (called by aiortc's sender, one frame at a time)
+takes the oldest slot and waits for its processed frame until ``deadline`` seconds after the input frame
+arrived. What it sends:
+
+* the slot's processed frame when it is ready in time;
+* otherwise a stand-in with the slot's timestamp: in swap/both mode the last processed frame again (or,
+  before the first one exists, a black "starting" card), never the raw camera frame; in monitor mode the
+  raw frame, which is the user's own unmodified image anyway.
+
+At most ``capacity`` slots wait for the sender; when it falls behind, the oldest slot is dropped. Frames go
+out as yuv420p at one fixed size, so aiortc's encoder is never rebuilt mid-stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import av
+import cv2
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from swapwatch.stream.metrics import SessionStats
+from swapwatch.stream.processing import Processed, output_size, to_yuv420p
+
+
+@dataclass(eq=False)
+class Slot:
+    """One input frame on its way out."""
+
+    frame: av.VideoFrame
+    arrival: float  # event-loop time the decoded frame reached the session
+    result: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    dropped: bool = False  # counted as dropped already
+
+    def resolve(self, value: Processed | None) -> None:
+        if not self.result.done():
+            self.result.set_result(value)
+
+
+class ProcessedTrack(MediaStreamTrack):
+    kind = "video"
+
+    def __init__(self, stats: SessionStats, *, deadline: float, capacity: int,
+                 raw_allowed: Callable[[], bool],
+                 on_sent: Callable[[np.ndarray, int, object], None] | None = None) -> None:
+        super().__init__()
+        self.stats = stats
+        self.deadline = deadline
+        self.capacity = capacity
+        self.raw_allowed = raw_allowed
+        self.on_sent = on_sent  # sees every frame sent, as yuv420p planes (the recorder)
+        self._slots: deque[Slot] = deque()
+        self._ready = asyncio.Event()
+        self._last: np.ndarray | None = None  # yuv of the last processed frame
+        self._size: tuple[int, int] | None = None
+        self._placeholder: np.ndarray | None = None
+        self.evicted = 0  # slots dropped unsent because the sender fell behind
+
+    # ---- the session's side ---------------------------------------------------------------------------
+
+    def push(self, frame: av.VideoFrame, arrival: float) -> Slot:
+        if self._size is None:
+            self._size = output_size(frame.width, frame.height)
+        while len(self._slots) >= self.capacity:  # the sender fell behind: drop the oldest, keep latency
+            self.drop(self._slots.popleft())
+            self.evicted += 1
+        slot = Slot(frame, arrival)
+        self._slots.append(slot)
+        self._ready.set()
+        return slot
+
+    def drop(self, slot: Slot) -> None:
+        """``slot``'s own processed frame will not be sent (it may still go out as a stand-in)."""
+        if not slot.dropped:
+            slot.dropped = True
+            self.stats.dropped()
+        slot.resolve(None)
+
+    def processed(self, result: Processed) -> None:
+        """A frame finished processing (in time or late): the freshest stand-in from now on."""
+        self._last = result.yuv
+
+    @property
+    def waiting(self) -> int:
+        return len(self._slots)
+
+    # ---- the sender's side ----------------------------------------------------------------------------
+
+    async def recv(self) -> av.VideoFrame:
+        while not self._slots:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._ready.clear()
+            await self._ready.wait()
+        if self.readyState != "live":
+            raise MediaStreamError
+        slot = self._slots.popleft()
+        loop = asyncio.get_running_loop()
+        remaining = slot.arrival + self.deadline - loop.time()
+        if not slot.result.done() and remaining > 0:
+            try:
+                await asyncio.wait_for(asyncio.shield(slot.result), remaining)
+            except TimeoutError:
+                pass
+        result = slot.result.result() if slot.result.done() else None
+        if result is not None:
+            yuv, stand_in = result.yuv, result.held
+        else:
+            self.drop(slot)
+            yuv, stand_in = self._stand_in(slot), True
+        if yuv is None:  # monitor mode: the raw frame itself
+            frame = slot.frame
+        else:
+            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+            frame.pts, frame.time_base = slot.frame.pts, slot.frame.time_base
+        now = loop.time()
+        self.stats.frame_out(now, now - slot.arrival, stand_in=stand_in)
+        if self.on_sent is not None:
+            self.on_sent(yuv if yuv is not None else frame.to_ndarray(format="yuv420p"), frame.pts, frame.time_base)
+        return frame
+
+    def _stand_in(self, slot: Slot) -> np.ndarray | None:
+        if self.raw_allowed() and (slot.frame.width, slot.frame.height) == self._size \
+                and slot.frame.format.name == "yuv420p":
+            return None
+        if self._last is not None:
+            return self._last
+        if self._placeholder is None:
+            self._placeholder = placeholder_frame(*self._size)
+        return self._placeholder
+
+    def stop(self) -> None:
+        super().stop()
+        self._ready.set()  # wake a waiting recv() so that it ends
+        for slot in self._slots:
+            slot.resolve(None)
+        self._slots.clear()
+
+
+def placeholder_frame(width: int, height: int) -> np.ndarray:
+    """A black card that says the swap is starting: sent before the first swapped frame exists."""
+    image = np.zeros((height, width, 3), np.uint8)
+    scale = max(0.35, min(width, height) / 600)
+    text = "swapwatch: starting the swap..."
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.putText(image, text, (max(4, (width - tw) // 2), (height + th) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                (200, 200, 200), 1, cv2.LINE_AA)
+    return to_yuv420p(image)

@@ -1,0 +1,103 @@
+"""`swapwatch train-detector`: train the sliding-window deepfake detector (frame scorer + temporal head).
+
+Real faces come from the shared assets (``--use-assets``), user folders or FaceForensics++/DFDC layouts; fakes
+are self-blended from those real faces, swapped by swapwatch's own swappers (``--swapwatch-fakes``) and taken
+from labelled fake media. The output folder gets ``detector.pt``, ``scorer.onnx``, ``head.onnx``,
+``detector.json`` (what ``DeepfakeDetector.load(OUT)`` reads), ``training_log.json`` (validation AUC per
+epoch), ``checkpoint.pt`` (``--resume``) and ``cache/`` (face tracks).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(s) for s in _csv(text))
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help=help_text, description=help_text,
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--data-real", nargs="+", type=Path, default=[], metavar="PATH",
+                      help="real videos/images or folders of them (with --layout ffpp/dfdc: dataset roots)")
+    data.add_argument("--data-fake", nargs="+", type=Path, default=[], metavar="PATH",
+                      help="fake videos/images or folders of them (layout folders)")
+    data.add_argument("--layout", choices=("folders", "ffpp", "dfdc"), default="folders",
+                      help="how labels are read: folders (real/fake by option), FaceForensics++ or DFDC")
+    data.add_argument("--data", nargs="+", type=Path, default=[], metavar="ROOT",
+                      help="FaceForensics++ or DFDC dataset roots (with --layout ffpp/dfdc)")
+    data.add_argument("--ffpp-compression", default="c23", choices=("raw", "c23", "c40"))
+    data.add_argument("--use-assets", action="store_true",
+                      help="train on the shared assets (../shared/assets) and face images shipped in dependencies")
+    data.add_argument("--assets", type=Path, default=None, metavar="DIR", help="shared assets folder")
+    data.add_argument("--swapwatch-fakes", action="store_true",
+                      help="add swapwatch's own swaps (another identity swapped onto each track) as fakes")
+    data.add_argument("--swappers", type=_csv, default=("classic",), metavar="NAMES",
+                      help="swappers for --swapwatch-fakes (classic, and learned ones where installed)")
+    data.add_argument("--val-identities", type=_csv, default=(), metavar="IDS",
+                      help="identities held out for validation (default: --val-fraction of them, seeded)")
+    data.add_argument("--val-fraction", type=float, default=0.25)
+    data.add_argument("--max-frames", type=int, default=96, help="frames read from each video")
+    data.add_argument("--max-videos", type=int, default=None, help="at most N media per source (quick subsets)")
+    data.add_argument("--max-items", type=int, default=None, help="at most N media in all (quick subsets)")
+
+    train = p.add_argument_group("training")
+    train.add_argument("--out", type=Path, default=Path("out/deepfake"), help="output folder")
+    train.add_argument("--epochs", type=int, default=8, help="frame-scorer epochs")
+    train.add_argument("--head-epochs", type=int, default=6, help="temporal-head epochs")
+    train.add_argument("--pairs-per-epoch", type=int, default=2048, help="(real, fake) pairs per scorer epoch")
+    train.add_argument("--head-windows", type=int, default=4096, help="windows per head epoch")
+    train.add_argument("--head-renders", type=int, default=3,
+                       help="renders of each training clip (real and each fake) whose features train the head")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--window", type=int, default=20, help="frames per temporal window (W)")
+    train.add_argument("--crop-size", type=int, default=128, help="scorer crop size")
+    train.add_argument("--widths", type=_ints, default=(16, 32, 64, 128), metavar="W1,W2,..",
+                       help="scorer stage widths")
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def config_from_args(args: argparse.Namespace):
+    """The (TrainConfig, DataSpec) a command line asks for."""
+    from swapwatch.engines.training import DataSpec, TrainConfig
+
+    spec = DataSpec(real=tuple(args.data_real), fake=tuple(args.data_fake), layout=args.layout,
+                    datasets=tuple(args.data), use_assets=args.use_assets, assets_dir=args.assets,
+                    ffpp_compression=args.ffpp_compression, max_videos=args.max_videos)
+    config = TrainConfig(
+        out=args.out, seed=args.seed, epochs=args.epochs, head_epochs=args.head_epochs,
+        pairs_per_epoch=args.pairs_per_epoch, head_windows_per_epoch=args.head_windows, lr=args.lr,
+        head_renders=args.head_renders,
+        window=args.window, scorer_size=args.crop_size, scorer_widths=args.widths,
+        scorer_blocks=(1,) * len(args.widths), max_frames=args.max_frames, val_identities=args.val_identities,
+        val_fraction=args.val_fraction, swap_fakes=args.swapwatch_fakes, swappers=args.swappers,
+        max_items=args.max_items, threads=args.threads, progress=not args.no_progress)
+    return config, spec
+
+
+def run(args: argparse.Namespace) -> int:
+    from swapwatch.engines.training import train
+
+    config, spec = config_from_args(args)
+    result = train(config, spec, resume=args.resume)
+    m = result.metrics
+    if m:
+        print(f"validation (held-out identities): frame AUC {_f(m.get('frame_auc'))}, window AUC "
+              f"{_f(m.get('window_auc'))} (mean-of-frames baseline {_f(m.get('window_mean_auc'))})")
+    print(f"done in {result.seconds / 60:.1f} min -> {result.out}")
+    return 0
+
+
+def _f(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

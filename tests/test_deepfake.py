@@ -1,0 +1,343 @@
+"""The deepfake detector: export parity, exact masking of short windows, the live per-track windows (ring
+buffer, strides, batching, resets), backends, offline clip scoring, and the committed default model on
+identities it was not trained on."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from swapwatch.engines.align import ARCFACE_112
+from swapwatch.engines.deepfake import (
+    DEFAULT_MODEL_DIR, DeepfakeDetector, WindowConfig, _TrackBuffer, crop_faces, detector_template, write_detector,
+)
+from swapwatch.engines.face import Face
+from swapwatch.export.deepfake import (
+    DetectorModels, FrameScorer, HeadConfig, MaskedGRU, ScorerConfig, TemporalHead, export_head, export_scorer,
+    head_parity_inputs, load_checkpoint, scorer_parity_inputs,
+)
+from swapwatch.export.onnx_export import check_parity, run_onnx
+
+HELD_OUT = ("grid_lbbc2a", "grid_s2_swwp2s")  # validation identities of the default model (see its card)
+
+
+def _randomise(models: DetectorModels, seed: int = 0) -> DetectorModels:
+    """Non-trivial BN statistics and head normalisation, so parity is tested on realistic numbers."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in models.scorer.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.uniform_(-0.2, 0.2, generator=g)
+                m.running_mean.uniform_(-0.3, 0.3, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+        dim = models.head.config.feature_dim
+        models.head.set_normalisation(torch.rand(dim, generator=g).numpy(), 0.5 + torch.rand(dim, generator=g).numpy())
+    models.scorer.eval()
+    models.head.eval()
+    return models
+
+
+def _tiny_models(window: int = 8, seed: int = 0) -> DetectorModels:
+    torch.manual_seed(seed)
+    scorer = FrameScorer(ScorerConfig(64, (8, 16, 16, 16), (1, 1, 1, 1)))
+    head = TemporalHead(HeadConfig(feature_dim=16, window=window))
+    return _randomise(DetectorModels(scorer, head, {"face_scale": 0.75, "threshold": 0.5}), seed)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny_detector")
+    write_detector(_tiny_models(), folder)
+    return folder
+
+
+def _frame_and_faces(n_faces: int = 1, seed: int = 0, t: int = 0) -> tuple[np.ndarray, list[Face]]:
+    rng = np.random.default_rng([seed, t])
+    frame = rng.integers(0, 256, (240, 480, 3), dtype=np.uint8)
+    faces = []
+    for i in range(n_faces):
+        lmk = ARCFACE_112.points[0] * 0.9 + np.array([40.0 + 200 * i, 60.0]) + rng.normal(0, 0.5, (5, 2))
+        box = np.concatenate([lmk.min(0) - 15, lmk.max(0) + 15])
+        faces.append(Face(box, 0.9, lmk, track_id=10 + i))
+    return frame, faces
+
+
+# ---- export ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", [ScorerConfig(), ScorerConfig(64, (8, 16, 16, 16), (1, 1, 1, 1))],
+                         ids=["default-128", "tiny-64"])
+def test_scorer_export_parity(tmp_path, config):
+    torch.manual_seed(1)
+    models = _randomise(DetectorModels(FrameScorer(config), TemporalHead(HeadConfig(config.feature_dim))))
+    path = export_scorer(models.scorer, tmp_path / "scorer.onnx")
+    report = check_parity(models.scorer, path, scorer_parity_inputs(config), atol=1e-4)
+    assert report.worst <= 1e-4, report.summary()
+
+
+def test_head_export_parity_with_short_windows(tmp_path):
+    models = _tiny_models(window=20)
+    path = export_head(models.head, tmp_path / "head.onnx")
+    report = check_parity(models.head, path, head_parity_inputs(models.head.config), atol=1e-4)
+    assert report.worst <= 1e-4, report.summary()
+
+
+def test_masked_gru_is_a_gru():
+    """With every step valid, MaskedGRU computes exactly torch.nn.GRU (same gate order and biases)."""
+    torch.manual_seed(2)
+    ours = MaskedGRU(6, 5)
+    ref = torch.nn.GRU(6, 5, batch_first=True)
+    with torch.no_grad():
+        ref.weight_ih_l0.copy_(ours.input_proj.weight)
+        ref.bias_ih_l0.copy_(ours.input_proj.bias)
+        ref.weight_hh_l0.copy_(ours.hidden_proj.weight)
+        ref.bias_hh_l0.copy_(ours.hidden_proj.bias)
+        x = torch.randn(3, 7, 6)
+        expected, _ = ref(x)
+        got = ours(x, torch.ones(3, 7))
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("valid", [1, 5, 19, 20])
+def test_short_windows_are_masked_exactly(tmp_path, valid):
+    """A window of L < W frames, left-padded with garbage, scores exactly as the unpadded L frames (PyTorch
+    and the exported graph alike)."""
+    models = _tiny_models(window=20)
+    rng = np.random.default_rng(valid)
+    real = rng.normal(0.3, 1.0, (2, valid, 16)).astype(np.float32)
+    padded = rng.normal(5.0, 3.0, (2, 20, 16)).astype(np.float32)  # garbage in the padding
+    padded[:, 20 - valid:] = real
+    mask = np.zeros((2, 20), np.float32)
+    mask[:, 20 - valid:] = 1.0
+    with torch.no_grad():
+        unpadded = models.head(torch.from_numpy(real), torch.ones(2, valid)).numpy()
+        masked = models.head(torch.from_numpy(padded), torch.from_numpy(mask)).numpy()
+    np.testing.assert_allclose(masked, unpadded, atol=1e-6)
+    path = export_head(models.head, tmp_path / "head.onnx")
+    np.testing.assert_allclose(run_onnx(path, [(padded, mask)])[0][0], unpadded, atol=1e-5)
+
+
+# ---- the live detector ---------------------------------------------------------------------------------------
+
+
+class _Counting:
+    """An engine wrapper that records the batch size of every call."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.batches: list[int] = []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def run(self, feeds):
+        self.batches.append(len(next(iter(feeds.values()))))
+        return self.engine.run(feeds)
+
+
+def test_ring_buffer_keeps_the_last_w_in_order():
+    buf = _TrackBuffer(4, 2)
+    for i in range(6):
+        buf.push(np.full(2, i, np.float32))
+    feats, mask = buf.window()
+    np.testing.assert_array_equal(feats[:, 0], [2, 3, 4, 5])
+    assert mask.all()
+    short = _TrackBuffer(4, 2)
+    short.push(np.ones(2, np.float32))
+    feats, mask = short.window()
+    np.testing.assert_array_equal(mask, [0, 0, 0, 1])
+    assert feats[3, 0] == 1 and not feats[:3].any()
+
+
+def test_score_faces_windows_batching_and_resets(tiny_dir):
+    det = DeepfakeDetector.load(tiny_dir, backend="onnxruntime", device="cpu")
+    det.scorer = _Counting(det.scorer)
+    det.head = _Counting(det.head)
+    w = det.window
+    for t in range(w - 1):
+        frame, faces = _frame_and_faces(2, t=t)
+        assert det.score_faces(frame, faces, t / 25) == {10: None, 11: None}
+    frame, faces = _frame_and_faces(2, t=w)
+    out = det.score_faces(frame, faces, w / 25)
+    assert set(out) == {10, 11} and all(0.0 <= p <= 1.0 for p in out.values())
+    assert det.scorer.batches == [2] * w, "both faces go through the scorer in one call per frame"
+    assert det.head.batches == [2], "both windows go through the head in one call"
+    # A reset track starts over; the other keeps its window.
+    det.reset_track(10)
+    frame, faces = _frame_and_faces(2, t=w + 1)
+    out = det.score_faces(frame, faces, (w + 1) / 25)
+    assert out[10] is None and out[11] is not None
+    # Faces without a track id are ignored; a track that stays away is dropped.
+    frame, faces = _frame_and_faces(1, t=0)
+    faces[0].track_id = None
+    assert det.score_faces(frame, faces, 1.0) == {}
+    det.config = WindowConfig(max_missed=2)
+    for _ in range(3):
+        det.score_faces(frame, [], 2.0)
+    assert det.latest(11) is None
+
+
+def test_strides_and_short_min_window(tiny_dir):
+    det = DeepfakeDetector.load(tiny_dir, backend="onnxruntime", device="cpu",
+                                config=WindowConfig(min_window=3, score_stride=2, feature_stride=2))
+    det.scorer = _Counting(det.scorer)
+    scored = []
+    for t in range(16):
+        frame, faces = _frame_and_faces(1, t=t)
+        scored.append(det.score_faces(frame, faces, t / 25)[10] is not None)
+    # Features on frames 0, 2, 4, ...; the 3rd feature (frame 4) gives the first window, then every 2nd feature.
+    assert len(det.scorer.batches) == 8
+    assert [i for i, s in enumerate(scored) if s] == [4, 8, 12]
+    assert det.latest(10) is not None and det.frame_probability(10) is not None
+
+
+def test_backends_agree_and_onnx_is_rebuilt_from_the_checkpoint(tiny_dir, tmp_path):
+    frames = [_frame_and_faces(1, t=t) for t in range(10)]
+    results = {}
+    for backend in ("onnxruntime", "torch"):
+        det = DeepfakeDetector.load(tiny_dir, backend=backend, device="cpu", config=WindowConfig(min_window=1))
+        results[backend] = [det.score_faces(f, faces, i / 25)[10] for i, (f, faces) in enumerate(frames)]
+    np.testing.assert_allclose(results["torch"], results["onnxruntime"], atol=1e-4)
+    # A folder with only detector.pt + detector.json (the repository ignores *.onnx) still loads with ONNX Runtime.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("detector.pt", "detector.json"):
+        (bare / name).write_bytes((tiny_dir / name).read_bytes())
+    det = DeepfakeDetector.load(bare, backend="onnxruntime", device="cpu", config=WindowConfig(min_window=1))
+    got = [det.score_faces(f, faces, i / 25)[10] for i, (f, faces) in enumerate(frames)]
+    np.testing.assert_allclose(got, results["onnxruntime"], atol=1e-6)
+
+
+def test_score_clip_offline(tiny_dir):
+    det = DeepfakeDetector.load(tiny_dir, backend="onnxruntime", device="cpu")
+    clip = [(*_frame_and_faces(1, t=t), t / 25) for t in range(12)]
+    scores = det.score_clip(clip, window_stride=4)
+    track = scores.tracks[10]
+    assert len(track.frame_probs) == 12
+    assert track.window_times == pytest.approx([0.0, 4 / 25, 8 / 25, 11 / 25])  # from the 1st frame, every 4th, last
+    assert scores.verdict in ("REAL", "FAKE") and 0 <= scores.score <= 1
+    # The last window is the live detector's window after the same frames.
+    live = DeepfakeDetector.load(tiny_dir, backend="onnxruntime", device="cpu")
+    last = [live.score_faces(f, faces, t) for f, faces, t in clip][-1][10]
+    assert last == pytest.approx(track.window_probs[-1], abs=1e-5)
+    assert det.score_clip([(clip[0][0], [], 0.0)]).verdict == "NO_FACES"
+
+
+def test_large_faces_are_shrunk_before_the_warp():
+    """A face far larger than the crop is area-averaged first: the crop matches a crop of the pre-shrunk frame."""
+    import cv2
+
+    template = detector_template(128)
+    rng = np.random.default_rng(0)
+    frame = cv2.resize(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8), (1600, 1200), interpolation=cv2.INTER_CUBIC)
+    lmk = ARCFACE_112.points[0] * 6 + np.array([400.0, 200.0])
+    crop = crop_faces(frame, [lmk], template)[0]
+    half = cv2.resize(frame, (800, 600), interpolation=cv2.INTER_AREA)
+    ref = crop_faces(half, [lmk / 2], template)[0]
+    assert np.abs(crop.astype(int) - ref.astype(int)).mean() < 3.0
+
+
+# ---- the committed default model --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_detector() -> DeepfakeDetector:
+    if not (DEFAULT_MODEL_DIR / "detector.pt").is_file():
+        pytest.fail(f"the default detector is missing from {DEFAULT_MODEL_DIR}")
+    return DeepfakeDetector.load("default", backend="onnxruntime", device="cpu")
+
+
+def test_default_model_files_are_small_and_described():
+    sizes = {p.name: p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir() if p.is_file()}
+    assert sum(sizes.values()) < 8 * 2**20, sizes
+    info = json.loads((DEFAULT_MODEL_DIR / "detector.json").read_text())
+    assert set(HELD_OUT) <= set(info["data"]["val_identities"])
+    assert not set(HELD_OUT) & set(info["data"]["train_identities"])
+    card = (DEFAULT_MODEL_DIR / "MODEL_CARD.md").read_text()
+    assert "swapwatch train-detector" in card and "AUC" in card
+    models = load_checkpoint(DEFAULT_MODEL_DIR / "detector.pt")
+    assert models.head.config.window == info["window"]
+
+
+def test_default_model_scores_tracks_on_a_shared_clip(default_detector, clips, yunet_onnx):
+    from swapwatch.engines.media import iter_video
+    from swapwatch.engines.tracking import FACE_SMOOTHING, FaceTracker, KeyframeTracker
+    from swapwatch.engines.yunet import YuNetDetector
+
+    default_detector.reset()
+    tracker = KeyframeTracker(YuNetDetector(yunet_onnx, backend="onnxruntime", device="cpu"),
+                              FaceTracker(smoothing=FACE_SMOOTHING))
+    clip = next(c for c in clips if c.stem == HELD_OUT[0])
+    got = []
+    for frame in iter_video(clip):
+        if frame.index >= default_detector.window + 5:
+            break
+        faces = tracker.process(frame.image, frame.time)
+        got.append(default_detector.score_faces(frame.image, faces, frame.time))
+    assert all(v is None for out in got[: default_detector.window - 1] for v in out.values())
+    final = got[-1]
+    assert len(final) == 1 and 0.0 <= next(iter(final.values())) <= 1.0
+
+
+# Acceptance: the held-out real clips, the same clips after the weight-free swap, and after self-blending.
+
+
+def _held_out_versions(clip: Path, source_photo: Path, yunet_onnx: Path, seed: int) -> dict[str, list]:
+    """Frames of ``clip``: as they are, classic-swapped with the face of ``source_photo`` (the swap pipeline),
+    and self-blended (one SBI draw for the whole clip, JPEG included)."""
+    import cv2
+
+    from swapwatch.engines.classic import ClassicSwapper
+    from swapwatch.engines.media import iter_video
+    from swapwatch.engines.pipeline import SwapPipeline
+    from swapwatch.engines.sbi import SBIParams, SelfBlender
+    from swapwatch.engines.yunet import YuNetDetector
+
+    detector = YuNetDetector(yunet_onnx, backend="onnxruntime", device="cpu")
+    pipeline = SwapPipeline(detector, ClassicSwapper())
+    pipeline.add_source(cv2.imread(str(source_photo)))
+    blender = SelfBlender()
+    params = SBIParams.draw(np.random.default_rng(seed))
+    out: dict[str, list] = {"real": [], "classic": [], "sbi": []}
+    for frame in iter_video(clip):
+        out["real"].append(frame.image)
+        out["classic"].append(pipeline.process(frame.image, frame.time).frame)
+        faces = detector.detect(frame.image)
+        out["sbi"].append(blender(frame.image, faces[0].landmarks, params).image if faces else frame.image)
+    return out
+
+
+def _clip_score(detector: DeepfakeDetector, frames: list[np.ndarray], yunet_onnx: Path):
+    from swapwatch.engines.tracking import FACE_SMOOTHING, FaceTracker, KeyframeTracker
+    from swapwatch.engines.yunet import YuNetDetector
+
+    tracker = KeyframeTracker(YuNetDetector(yunet_onnx, backend="onnxruntime", device="cpu"),
+                              FaceTracker(smoothing=FACE_SMOOTHING))
+    items = [(f, tracker.process(f, i / 25), i / 25) for i, f in enumerate(frames)]
+    return detector.score_clip(items, window_stride=5, min_window=detector.window)
+
+
+@pytest.mark.parametrize("clip_name,source_name", [(HELD_OUT[0], "max_Luciano.png"), (HELD_OUT[1], "max_Luciano.png")])
+def test_default_model_on_held_out_identities(default_detector, shared_assets, yunet_onnx, clip_name, source_name):
+    """No FAKE verdict on a held-out real clip; the same clip swapped or self-blended scores higher.
+
+    Thresholds and measured scores are in models/deepfake/MODEL_CARD.md; the swapped and self-blended
+    versions must score above the real clip (the ranking is what this tiny model can promise), and are
+    reported against the FAKE threshold rather than tuned to pass it.
+    """
+    start = time.perf_counter()
+    clip = shared_assets / "videos" / f"{clip_name}.mpg"
+    versions = _held_out_versions(clip, shared_assets / "faces" / source_name, yunet_onnx, seed=0)
+    scores = {k: _clip_score(default_detector, v, yunet_onnx) for k, v in versions.items()}
+    summary = {k: round(s.score, 3) for k, s in scores.items()}
+    print(f"{clip_name}: {summary} (threshold {default_detector.info.threshold}, "
+          f"{time.perf_counter() - start:.1f} s)")
+    assert scores["real"].verdict == "REAL", summary
+    assert scores["classic"].score > scores["real"].score, summary
+    assert scores["sbi"].score > scores["real"].score, summary

@@ -1,0 +1,504 @@
+"""The frame monitor, its overlay, stream ingest and the `swapwatch monitor` command.
+
+The watermark path runs on real data: the shared clips, and the same clip with swapwatch's watermark embedded
+in every frame and re-encoded to H.264. Model alerts are driven by a fake deepfake detector (a test double of
+the small ``DeepfakeScorer`` protocol), because the real detector (issue 5) does not exist yet; it checks
+that per-track scores flow through the whole command path into model alerts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from swapwatch.engines.face import Face
+from swapwatch.engines.labelling import Watermarker
+from swapwatch.engines.media import VideoFrame, iter_video
+from swapwatch.engines.monitor import (
+    WATERMARK_TRACK, DeepfakeScorer, FrameMonitor, MonitorConfig, MonitorOverlay, MonitorState)
+from swapwatch.stream.ingest import LatestFrame, VideoSource
+
+
+# --------------------------------------------------------------------------------------------------------
+# Fixtures and helpers
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clip(clips) -> Path:
+    return next(p for p in clips if p.suffix == ".mpg")
+
+
+@pytest.fixture(scope="module")
+def clip_frames(clip) -> list[VideoFrame]:
+    return list(iter_video(clip))
+
+
+@pytest.fixture(scope="module")
+def watermarked_clip(clip_frames, tmp_path_factory) -> Path:
+    """The clip with the watermark embedded in every frame, re-encoded with PyAV (H.264, as a user would)."""
+    import av
+
+    path = tmp_path_factory.mktemp("wm") / "watermarked.mp4"
+    wm = Watermarker()
+    h, w = clip_frames[0].image.shape[:2]
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(25))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": "20", "preset": "veryfast"}
+        for f in clip_frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(wm.embed(f.image), format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+class FakeDeepfakeDetector:
+    """Test double of the DeepfakeScorer protocol (issue 5's real detector does not exist yet).
+
+    Scores every tracked face ``high`` from ``t_on`` to ``t_off`` seconds and ``low`` otherwise.
+    """
+
+    def __init__(self, t_on: float = 1.0, t_off: float = 99.0, high: float = 0.95, low: float = 0.05) -> None:
+        self.t_on, self.t_off, self.high, self.low = t_on, t_off, high, low
+        self.calls = 0
+
+    def score_faces(self, frame_bgr: np.ndarray, faces: Sequence[Face], t: float) -> dict[int, float | None]:
+        self.calls += 1
+        score = self.high if self.t_on <= t < self.t_off else self.low
+        return {f.track_id: score for f in faces if f.track_id is not None}
+
+
+def face(track_id: int) -> Face:
+    lm = np.array([[130, 120], [170, 120], [150, 140], [135, 160], [165, 160]], np.float32)
+    return Face(box=np.array([110, 90, 190, 190], np.float32), score=0.9, landmarks=lm, track_id=track_id)
+
+
+def swapwatch_cmd(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "swapwatch", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def run_monitor(capsys, *argv: str, deepfake=None) -> tuple[int, list[dict]]:
+    """The monitor command in-process (parser and run, as the CLI calls them); its stdout JSON lines."""
+    from swapwatch.cli import build_parser
+
+    args = build_parser().parse_args(["monitor", *argv])
+    rc = args._run(args, deepfake=deepfake) if deepfake is not None else args._run(args)
+    out = capsys.readouterr().out
+    return rc, [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, needle: str) -> None:
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert needle in lines[0], lines[0]
+
+
+class BackgroundApp:
+    """An aiohttp app served on 127.0.0.1 from its own thread and event loop (the code under test blocks)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> BackgroundApp:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        from aiohttp import web
+
+        async def main():
+            self._stop = asyncio.Event()
+            runner = web.AppRunner(self.app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]
+            self._ready.set()
+            await self._stop.wait()
+            await runner.cleanup()
+
+        self.loop.run_until_complete(main())
+        self.loop.close()
+
+
+def websocket_collector(received: list[dict], *, drop_first: int = 0):
+    """An app whose /alerts websocket appends every JSON message to ``received``.
+
+    With ``drop_first``, the first connections are closed at once (the forwarder must reconnect).
+    """
+    from aiohttp import web
+
+    state = {"connections": 0}
+
+    async def handler(request):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        state["connections"] += 1
+        if state["connections"] <= drop_first:
+            await ws.close()
+            return ws
+        async for msg in ws:
+            received.append(json.loads(msg.data))
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/alerts", handler)
+    return app, state
+
+
+# --------------------------------------------------------------------------------------------------------
+# FrameMonitor
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_clean_clip_gives_no_alert(clip_frames):
+    monitor = FrameMonitor()
+    events = []
+    for f in clip_frames:
+        events += monitor.process(f.image, f.time, [])
+    events += monitor.close()
+    assert events == []
+    assert monitor.state.frames == len(clip_frames) == monitor.state.watermark_checks
+    assert monitor.state.watermarked_frames == 0 and not monitor.state.alerting
+
+
+def test_watermarked_frames_give_one_verified_alert(clip_frames):
+    wm = Watermarker()
+    monitor = FrameMonitor()
+    events = []
+    for f in clip_frames:
+        events += monitor.process(wm.embed(f.image), f.time, [])
+        if f.index == 10:
+            assert monitor.state.watermark_alert and monitor.state.alerting
+    events += monitor.close()
+    kinds = {(e.kind, e.verified, e.track_id) for e in events}
+    assert kinds == {("watermark", True, WATERMARK_TRACK)}
+    assert [e.event for e in events if e.event != "update"] == ["start", "end"]
+    start, end = events[0], events[-1]
+    assert start.t_start == pytest.approx(clip_frames[0].time)
+    assert end.t_end == pytest.approx(clip_frames[-1].time) and end.peak == end.mean == 1.0
+    assert monitor.state.watermarked_frames == len(clip_frames)
+
+
+def test_watermark_stride_checks_every_kth_frame(clip_frames):
+    wm = Watermarker()
+    monitor = FrameMonitor(MonitorConfig(watermark_every=5))
+    events = []
+    for f in clip_frames:
+        events += monitor.process(wm.embed(f.image), f.time)
+    events += monitor.close()
+    assert monitor.state.watermark_checks == len(range(0, len(clip_frames), 5))
+    assert [e.event for e in events if e.event != "update"] == ["start", "end"]
+    with pytest.raises(ValueError):
+        MonitorConfig(watermark_every=0)
+
+
+def test_watermark_can_be_switched_off(clip_frames):
+    wm = Watermarker()
+    monitor = FrameMonitor(MonitorConfig(watermark_enabled=False))
+    assert [e for f in clip_frames[:20] for e in monitor.process(wm.embed(f.image), f.time)] == []
+    assert monitor.state.watermark_checks == 0
+
+
+def test_model_scores_drive_model_alerts_per_track(clip_frames):
+    fake = FakeDeepfakeDetector(t_on=1.0, t_off=2.0)
+    assert isinstance(fake, DeepfakeScorer)
+    monitor = FrameMonitor(detector=fake)
+    events = []
+    for f in clip_frames:
+        # Track 5 is on every frame; track 9 comes in at 1.2 s.
+        faces = [face(5)] + ([face(9)] if f.time >= 1.2 else [])
+        events += monitor.process(f.image, f.time, faces)
+    events += monitor.close()
+    assert fake.calls == len(clip_frames)
+    assert all(e.kind == "model" and not e.verified for e in events)
+    by_track = {tid: [e for e in events if e.track_id == tid and e.event != "update"] for tid in (5, 9)}
+    start5, end5 = by_track[5]
+    assert (start5.event, end5.event) == ("start", "end")
+    # EMA 0.3 from 0.05 crosses 0.7 on the 4th high frame, then a 0.5 s dwell; ends a few frames after 2.0 s.
+    assert 1.1 <= start5.t_start <= 1.2 and start5.t_end == pytest.approx(start5.t_start + 0.52, abs=0.05)
+    assert 2.0 < end5.t_end < 2.3 and end5.peak == pytest.approx(0.95)
+    # Track 9 starts high (no history, so no ramp): its dwell begins when it appears.
+    start9, end9 = by_track[9]
+    assert start9.t_start == pytest.approx(1.2, abs=0.01) and start9.t_end == pytest.approx(1.72, abs=0.01)
+    assert end9.t_end == pytest.approx(end5.t_end)
+
+
+def test_model_track_gone_ends_its_alert(clip_frames):
+    monitor = FrameMonitor(detector=FakeDeepfakeDetector(t_on=0.0))
+    events = []
+    for f in clip_frames:
+        events += monitor.process(f.image, f.time, [face(1)] if f.time < 1.5 else [])
+    assert [e.event for e in events if e.event != "update"] == ["start", "end"]
+    assert events[-1].t_end == pytest.approx(1.48, abs=0.05)  # the last time the face was seen
+    assert monitor.close() == []
+
+
+def test_detector_without_scores_and_bad_detectors(clip_frames):
+    class Silent:
+        def score_faces(self, frame_bgr, faces, t):
+            return {f.track_id: None for f in faces}
+
+    monitor = FrameMonitor(MonitorConfig(watermark_enabled=False), detector=Silent())
+    assert [e for f in clip_frames for e in monitor.process(f.image, f.time, [face(1)])] == []
+    with pytest.raises(TypeError):
+        FrameMonitor(detector=object())
+
+
+def test_frames_smaller_than_the_watermark_grid_are_skipped():
+    monitor = FrameMonitor()
+    assert monitor.process(np.zeros((40, 40, 3), np.uint8), 0.0) == []
+    assert monitor.state.frames == 1 and monitor.state.watermark_checks == 0
+
+
+def test_overlay_status_box(clip_frames):
+    frame = clip_frames[0].image
+    overlay = MonitorOverlay()
+    calm = overlay.draw(frame, MonitorState())
+    assert MonitorOverlay.lines(MonitorState())[0] == ["monitoring - no alert"]
+    h, w = frame.shape[:2]
+    changed = np.argwhere((calm != frame).any(axis=2))
+    assert changed.size and changed[:, 1].min() > w // 3 and changed[:, 0].max() < h // 3  # top-right only
+    alert_state = MonitorState(watermark_alert=True)
+    lines, alerting = MonitorOverlay.lines(alert_state)
+    assert alerting and lines[0] == "ALERT: swapwatch watermark"
+    alert = overlay.draw(frame, alert_state)
+    box = alert[changed[:, 0].min():changed[:, 0].max(), changed[:, 1].min():changed[:, 1].max()].reshape(-1, 3)
+    assert (box[:, 2].astype(int) - box[:, 0] > 40).mean() > 0.3  # tinted red
+    lines, alerting = MonitorOverlay.lines(MonitorState(model_alerts={3: 0.81}))
+    assert alerting and lines == ["ALERT: possible deepfake", "track 3 score 0.81"]
+    marked = overlay.draw(frame, MonitorState(model_alerts={1: 0.9}), [face(1)])
+    assert (marked[90:192, 108:112] != frame[90:192, 108:112]).any()  # the alerting face is boxed
+    assert (frame == clip_frames[0].image).all()  # input untouched
+
+
+# --------------------------------------------------------------------------------------------------------
+# Ingest
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_latest_frame_mailbox_keeps_only_the_newest():
+    box = LatestFrame()
+    frames = [VideoFrame(i, i / 25, np.zeros((2, 2, 3), np.uint8)) for i in range(3)]
+    for f in frames:
+        box.put(f)
+    assert box.get().index == 2 and box.replaced == 2
+    box.put(frames[0])
+    box.close(RuntimeError("lost"))
+    assert box.get().index == 0  # what was there is still delivered
+    with pytest.raises(RuntimeError):
+        box.get()
+    done = LatestFrame()
+    threading.Timer(0.05, done.close).start()
+    assert done.get() is None
+
+
+def test_video_source_file_and_realtime(clip, clip_frames):
+    with VideoSource(clip) as src:
+        assert (src.width, src.height, src.live) == (360, 288, False)
+        times = [f.time for f in src.frames()]
+    assert len(times) == len(clip_frames) and times[0] == 0.0
+    from swapwatch.stream.ingest import IngestConfig
+
+    with VideoSource(clip, IngestConfig(realtime=True)) as src:
+        t0 = time.monotonic()
+        got = 0
+        for f in src.frames():
+            got += 1
+            time.sleep(0.08)  # a consumer at half the clip's rate: about every other frame is dropped
+        elapsed = time.monotonic() - t0
+    assert src.threaded and got + src.dropped == len(clip_frames)
+    assert src.dropped > 10 and elapsed < 4.0  # paced by the clip (3 s), not by the slow consumer
+
+
+# --------------------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_command_on_clean_clip_prints_only_a_summary(capsys, clip):
+    rc, lines = run_monitor(capsys, str(clip), "--json")
+    assert rc == 0 and len(lines) == 1
+    summary = lines[0]
+    assert summary["type"] == "summary" and summary["alerts"] == 0 and summary["alert_events"] == 0
+    assert summary["frames"] == 75 and summary["watermarked_frames"] == 0 and summary["tracks"] >= 1
+
+
+def test_command_on_watermarked_clip_prints_events_and_summary(capsys, watermarked_clip):
+    rc, lines = run_monitor(capsys, str(watermarked_clip), "--json", "--every", "3")
+    assert rc == 0
+    alerts = [m for m in lines if m["type"] == "alert"]
+    assert [m["event"] for m in alerts if m["event"] != "update"] == ["start", "end"]
+    for m in alerts:
+        assert set(m) == {"type", "event", "track_id", "t_start", "t_end", "peak", "mean", "kind", "verified"}
+        assert m["kind"] == "watermark" and m["verified"] is True and m["track_id"] == -1
+    assert alerts[-1]["t_end"] == pytest.approx(2.96, abs=0.05)
+    summary = lines[-1]
+    assert summary["type"] == "summary" and summary["alerts"] == 1 and summary["alert_events"] == len(alerts)
+    assert summary["watermarked_frames"] >= 70 and summary["frames"] == 75
+
+
+def test_command_text_output_and_draw(capsys, watermarked_clip, tmp_path):
+    from swapwatch.cli import main
+
+    out_video = tmp_path / "monitored.mp4"
+    assert main(["monitor", str(watermarked_clip), "--draw", str(out_video), "--watermark-every", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("alert start") and "watermark" in out[0]
+    assert "1 alert(s)" in out[-1]
+    frames = list(iter_video(out_video))
+    assert len(frames) == 75 and (frames[40].image[5:30, -60:, 2] > 100).mean() > 0.3  # the red ALERT box
+
+
+def test_command_sends_the_same_events_to_a_websocket(capsys, watermarked_clip):
+    received: list[dict] = []
+    app, state = websocket_collector(received, drop_first=1)  # the first connection is dropped: reconnect
+    with BackgroundApp(app) as server:
+        rc, lines = run_monitor(capsys, str(watermarked_clip), "--json", "--ws",
+                                f"ws://127.0.0.1:{server.port}/alerts")
+        deadline = time.monotonic() + 5
+        alerts = [m for m in lines if m["type"] == "alert"]
+        while len(received) < len(alerts) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert rc == 0 and state["connections"] >= 2
+    assert received == alerts and len(alerts) >= 2
+
+
+def test_websocket_failures_are_not_fatal(capsys, watermarked_clip, caplog):
+    port = _free_port()
+    rc, lines = run_monitor(capsys, str(watermarked_clip), "--json", "--ws", f"ws://127.0.0.1:{port}/x")
+    assert rc == 0 and lines[-1]["alerts"] == 1
+    assert any("websocket" in r.getMessage() for r in caplog.records)
+
+
+def test_fake_model_detector_drives_model_alerts_through_the_command(capsys, clip):
+    """A fake detector (the real one is issue 5's) scores the tracked face high from 1.0 s on."""
+    fake = FakeDeepfakeDetector(t_on=1.0)
+    rc, lines = run_monitor(capsys, str(clip), "--json", "--every", "2", deepfake=fake)
+    assert rc == 0 and fake.calls == 75
+    alerts = [m for m in lines if m["type"] == "alert"]
+    assert [m["event"] for m in alerts if m["event"] != "update"] == ["start", "end"]
+    assert all(m["kind"] == "model" and m["verified"] is False and m["track_id"] == 0 for m in alerts)
+    assert 1.5 < alerts[0]["t_end"] < 1.9 and alerts[-1]["t_end"] == pytest.approx(2.96, abs=0.05)
+    assert lines[-1]["alerts"] == 1
+
+
+def test_command_reads_an_http_url(capsys, watermarked_clip):
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_static("/media", watermarked_clip.parent)
+    with BackgroundApp(app) as server:
+        url = f"http://127.0.0.1:{server.port}/media/{watermarked_clip.name}"
+        rc, lines = run_monitor(capsys, url, "--json", "--timeout", "5")
+    assert rc == 0 and lines[-1]["frames"] == 75 and lines[-1]["live"] is False
+    assert [m["event"] for m in lines if m["type"] == "alert" and m["event"] != "update"] == ["start", "end"]
+
+
+def test_command_on_a_live_udp_stream(capsys, watermarked_clip):
+    """MPEG-TS over UDP (live: read by a thread, keep-latest), for a fixed duration."""
+    import av
+
+    port = _free_port(socket.SOCK_DGRAM)
+    stop = threading.Event()
+
+    def sender():
+        frames = [f.image for f in iter_video(watermarked_clip)]
+        with av.open(f"udp://127.0.0.1:{port}?pkt_size=1316", mode="w", format="mpegts") as out:
+            s = out.add_stream("mpeg2video", rate=25)
+            s.width, s.height, s.pix_fmt, s.gop_size = 360, 288, "yuv420p", 5
+            s.bit_rate = 4_000_000
+            i = 0
+            t0 = time.monotonic()
+            while not stop.is_set() and i < 400:
+                vf = av.VideoFrame.from_ndarray(frames[i % len(frames)], format="bgr24")
+                vf.pts = i
+                for p in s.encode(vf):
+                    out.mux(p)
+                i += 1
+                time.sleep(max(0.0, t0 + i / 25 - time.monotonic()))
+
+    thread = threading.Thread(target=sender, daemon=True)
+    thread.start()
+    try:
+        rc, lines = run_monitor(capsys, f"udp://127.0.0.1:{port}", "--json", "--duration", "2", "--timeout", "5")
+    finally:
+        stop.set()
+        thread.join(10)
+    summary = lines[-1]
+    assert rc == 0 and summary["live"] is True and summary["frames"] >= 20
+    assert [m["event"] for m in lines if m["type"] == "alert" and m["event"] != "update"] == ["start", "end"]
+
+
+@pytest.mark.parametrize("case", ["missing", "not_video", "bad_scheme", "refused", "silent", "bad_every"])
+def test_bad_input_gives_one_line_error(case, tmp_path, capsys):
+    from swapwatch.cli import main
+
+    listener = None
+    args: list[str] = []
+    if case == "missing":
+        source, needle = str(tmp_path / "nope.mp4"), "no such file"
+    elif case == "not_video":
+        (tmp_path / "x.mp4").write_text("not a video at all\n")
+        source, needle = str(tmp_path / "x.mp4"), "not a readable video"
+    elif case == "bad_scheme":
+        source, needle = "gopher://127.0.0.1/x", "unsupported URL scheme"
+    elif case == "refused":
+        source, needle = f"rtsp://127.0.0.1:{_free_port()}/live", "connection refused"
+    elif case == "silent":  # accepts the connection, never answers: the timeout must fire
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        source, needle = f"http://127.0.0.1:{listener.getsockname()[1]}/live.ts", "no answer within 1 s"
+        args = ["--timeout", "1"]
+    else:
+        source, needle = str(tmp_path / "nope.mp4"), "--every"
+        args = ["--every", "0"]
+    t0 = time.monotonic()
+    try:
+        rc = main(["monitor", source, "--json", *args])
+    finally:
+        if listener is not None:
+            listener.close()
+    captured = capsys.readouterr()
+    assert_one_line_error(subprocess.CompletedProcess([], rc, captured.out, captured.err), needle)
+    assert captured.out == "" and time.monotonic() - t0 < 30
+
+
+def test_bad_input_from_the_real_entry_point(tmp_path):
+    """The same contract through `python -m swapwatch`: one line, no traceback, non-zero exit."""
+    (tmp_path / "x.mp4").write_text("not a video at all\n")
+    result = swapwatch_cmd("monitor", str(tmp_path / "x.mp4"), "--json")
+    assert_one_line_error(result, "not a readable video")
+    assert result.stdout == ""
+
+
+def _free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,186 @@
+"""Detector training: dataset layouts, identity split, window sampling, AUC, and a tiny end-to-end run whose
+interrupted-and-resumed twin ends with exactly the same weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from swapwatch.engines.training import (
+    FAKE, REAL, DataSpec, collect_items, dfdc_items, ffpp_items, folder_items, pack_windows, roc_auc,
+    sample_window, split_identities, train,
+)
+from swapwatch.errors import InputError
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\0")
+    return path
+
+
+# ---- layouts -------------------------------------------------------------------------------------------------
+
+
+def test_ffpp_layout(tmp_path):
+    root = tmp_path / "ffpp"
+    for n in ("000", "001", "002"):
+        _touch(root / "original_sequences/youtube/c23/videos" / f"{n}.mp4")
+    _touch(root / "manipulated_sequences/Deepfakes/c23/videos/000_003.mp4")
+    _touch(root / "manipulated_sequences/FaceSwap/c23/videos/002_001.mp4")
+    _touch(root / "manipulated_sequences/FaceSwap/c40/videos/001_000.mp4")  # other compression: ignored
+    items = ffpp_items(root)
+    assert [(i.path.name, i.label, i.identity) for i in items] == [
+        ("000.mp4", REAL, "000"), ("001.mp4", REAL, "001"), ("002.mp4", REAL, "002"),
+        ("000_003.mp4", FAKE, "000"), ("002_001.mp4", FAKE, "002")]
+    with pytest.raises(InputError, match="not a FaceForensics"):
+        ffpp_items(root, "c40")
+    spec = DataSpec(layout="ffpp", real=(root,))
+    assert len(collect_items(spec)) == 5
+
+
+def test_dfdc_layout(tmp_path):
+    part = tmp_path / "dfdc" / "dfdc_train_part_0"
+    for name in ("aaa.mp4", "bbb.mp4", "ccc.mp4"):
+        _touch(part / name)
+    (part / "metadata.json").write_text(json.dumps({
+        "aaa.mp4": {"label": "REAL", "split": "train"},
+        "bbb.mp4": {"label": "FAKE", "split": "train", "original": "aaa.mp4"},
+        "ccc.mp4": {"label": "FAKE", "split": "train", "original": "zzz.mp4"},
+        "missing.mp4": {"label": "REAL", "split": "train"},
+    }))
+    items = dfdc_items(tmp_path / "dfdc")
+    assert [(i.path.name, i.label, i.identity) for i in items] == [
+        ("aaa.mp4", REAL, "aaa"), ("bbb.mp4", FAKE, "aaa"), ("ccc.mp4", FAKE, "zzz")]
+    (part / "metadata.json").write_text(json.dumps({"aaa.mp4": {"label": "MAYBE"}}))
+    with pytest.raises(InputError, match="MAYBE"):
+        dfdc_items(tmp_path / "dfdc")
+    with pytest.raises(InputError, match="no DFDC"):
+        dfdc_items(tmp_path / "nothing-here")
+
+
+def test_folder_layout_identities(tmp_path):
+    real = tmp_path / "real"
+    _touch(real / "alice" / "a1.mp4")
+    _touch(real / "alice" / "a2.png")
+    _touch(real / "bob.mp4")
+    _touch(real / "notes.txt")
+    items = folder_items([real], REAL)
+    assert [(i.path.name, i.identity) for i in items] == [("a1.mp4", "alice"), ("a2.png", "alice"), ("bob.mp4", "bob")]
+    assert folder_items([real / "bob.mp4"], FAKE)[0].label == FAKE
+    with pytest.raises(InputError):
+        collect_items(DataSpec())
+
+
+def test_identity_split_is_seeded_and_named_ids_win():
+    ids = [f"id{i}" for i in range(8)]
+    train1, val1 = split_identities(ids, val_fraction=0.25, seed=1)
+    assert split_identities(ids, val_fraction=0.25, seed=1) == (train1, val1)
+    assert len(val1) == 2 and not set(val1) & set(train1) and sorted(train1 + val1) == sorted(ids)
+    assert split_identities(ids, val_identities=["id3"])[1] == ["id3"]
+    with pytest.raises(InputError, match="unknown"):
+        split_identities(ids, val_identities=["nobody"])
+
+
+# ---- windows and metrics ------------------------------------------------------------------------------------
+
+
+def test_sample_window_models_rate_changes_drops_and_short_windows():
+    rng = np.random.default_rng(0)
+    lengths = set()
+    for _ in range(300):
+        idx = sample_window(75, 20, rng, min_window=6, max_rate=3.0)
+        assert 6 <= len(idx) <= 20
+        assert idx.min() >= 0 and idx.max() <= 74
+        assert np.all(np.diff(idx) >= 0), "windows keep time order"
+        lengths.add(len(idx))
+    assert 20 in lengths and min(lengths) < 20
+    a = sample_window(30, 20, np.random.default_rng(5))
+    np.testing.assert_array_equal(a, sample_window(30, 20, np.random.default_rng(5)))
+    feats, masks = pack_windows([np.ones((3, 2)), np.full((25, 2), 2.0)], 20)
+    assert feats.shape == (2, 20, 2) and masks[0].sum() == 3 and masks[0, -3:].all() and masks[1].all()
+
+
+def test_roc_auc_matches_pairwise_count():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    s = np.round(rng.normal(y * 0.7, 1.0), 1)  # rounding makes ties
+    pos, neg = s[y == 1], s[y == 0]
+    expected = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+    assert roc_auc(y, s) == pytest.approx(expected)
+    assert np.isnan(roc_auc([1, 1], [0.2, 0.3]))
+
+
+# ---- end to end ---------------------------------------------------------------------------------------------
+
+
+def _args(out: Path, media: list[Path], *extra: str):
+    from swapwatch.cli import build_parser
+
+    argv = ["train-detector", "--data-real", *map(str, media), "--out", str(out), "--swapwatch-fakes",
+            "--val-identities", media[1].stem, "--max-frames", "12", "--crop-size", "64", "--widths", "8,16,16,16",
+            "--epochs", "2", "--pairs-per-epoch", "16", "--head-epochs", "1", "--head-windows", "64",
+            "--head-renders", "1", "--seed", "3", "--no-progress", *extra]
+    return argv, build_parser().parse_args(argv)
+
+
+def test_training_end_to_end_and_resume_gives_the_same_model(shared_assets, tmp_path, capsys):
+    import torch
+
+    from swapwatch.cli import main
+    from swapwatch.commands.train_detector import config_from_args
+    from swapwatch.engines.deepfake import DeepfakeDetector
+    from swapwatch.engines.media import iter_video
+    from swapwatch.engines.tracking import FaceTracker, KeyframeTracker
+    from swapwatch.engines.yunet import YuNetDetector
+
+    media = [shared_assets / "videos" / "grid_bbaf2n.mpg", shared_assets / "videos" / "grid_brbk7n.mpg",
+             shared_assets / "faces" / "max_Bryan.png", shared_assets / "faces" / "max_Chris.jpeg"]
+
+    # Uninterrupted, through the command line.
+    argv, _ = _args(tmp_path / "a", media)
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "scorer epoch 2/2" in printed and "head epoch 1/1" in printed and "window AUC" in printed
+    log = json.loads((tmp_path / "a" / "training_log.json").read_text())
+    epochs = log["epochs"]
+    assert [(e["stage"], e["epoch"]) for e in epochs] == [("scorer", 1), ("scorer", 2), ("head", 1)]
+    assert all("frame_auc" in e for e in epochs[:2]) and "window_auc" in epochs[2]
+    assert log["data"]["val_identities"] == ["grid_brbk7n"]
+    info = json.loads((tmp_path / "a" / "detector.json").read_text())
+    assert max(info["parity_max_abs_error"].values()) <= 1e-4
+
+    # Interrupted after one epoch, then resumed with the same command.
+    argv_b, args_b = _args(tmp_path / "b", media)
+    config, spec = config_from_args(args_b)
+    train(config, spec, stop_after=1, echo=lambda s: None)
+    assert (tmp_path / "b" / "checkpoint.pt").is_file() and not (tmp_path / "b" / "detector.pt").exists()
+    assert main(argv_b + ["--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    a = torch.load(tmp_path / "a" / "detector.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "detector.pt", weights_only=True)
+    for part in ("scorer", "head"):
+        assert a[part].keys() == b[part].keys()
+        for name in a[part]:
+            assert torch.equal(a[part][name], b[part][name]), f"{part}.{name} differs after resume"
+
+    # A resume with other settings is refused rather than silently mixing runs.
+    argv_c, _ = _args(tmp_path / "b", media)
+    argv_c[argv_c.index("--seed") + 1] = "4"
+    assert main(argv_c + ["--resume"]) != 0
+    assert "other settings" in capsys.readouterr().err
+
+    # The trained folder loads and scores a clip.
+    detector = DeepfakeDetector.load(tmp_path / "a")
+    tracker = KeyframeTracker(YuNetDetector(shared_assets / "models" / "face_detection_yunet_2023mar.onnx",
+                                            backend="onnxruntime", device="cpu"), FaceTracker())
+    frames = []
+    for frame in iter_video(media[1]):
+        if frame.index >= 6:
+            break
+        frames.append((frame.image, tracker.process(frame.image, frame.time), frame.time))
+    scores = detector.score_clip(frames)
+    assert len(scores.tracks) == 1 and 0.0 <= scores.score <= 1.0

@@ -1,0 +1,212 @@
+"""WebRTC end to end, in process: real aiortc peers on one event loop, loopback only, real VP8 both ways.
+
+A probe client (swapwatch.stream.probe) streams a shared GRID clip to the server and receives the processed
+track; the server runs YuNet and the weight-free classic swapper on its inference worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+import av
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestServer
+from swapwatch.engines.classic import ClassicSwapper
+from swapwatch.engines.labelling import Watermarker
+from swapwatch.stream.probe import Probe, ProbeReport
+from swapwatch.stream.server import SwapwatchServer
+
+from swapwatch.config import Config, ServerConfig
+
+# ---- helpers shared with test_stream_robustness.py ---------------------------------------------------------
+
+def decode_clip(path: Path, limit: int | None = None) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        frames = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
+    return frames[:limit]
+
+
+def run_server(detector, scenario, *, swapper=None, **server_options):
+    """Run ``scenario(http, server)`` against a live server on 127.0.0.1 (own event loop)."""
+
+    async def main():
+        config = Config(server=ServerConfig(**server_options))
+        server = SwapwatchServer(config, detector, swapper or ClassicSwapper())
+        async with TestServer(server.app(), host="127.0.0.1") as ts:
+            async with aiohttp.ClientSession(base_url=str(ts.make_url("/"))) as http:
+                return await scenario(http, server)
+
+    return asyncio.run(main())
+
+
+async def upload(http: aiohttp.ClientSession, photo: Path, headers: dict | None = None) -> str:
+    fd = aiohttp.FormData()
+    fd.add_field("file", photo.read_bytes(), filename=photo.name, content_type="image/jpeg")
+    async with http.post("/sources", data=fd, headers=headers or {}) as r:
+        assert r.status == 200, await r.text()
+        return (await r.json())["id"]
+
+
+async def wait_for(predicate, timeout: float, step: float = 0.05) -> float:
+    """Seconds until ``predicate()`` holds (fails the test after ``timeout``)."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(step)
+    return time.monotonic() - start
+
+
+def describe(report: ProbeReport) -> str:
+    return (f"{report.received}/{report.sent} frames back at {report.fps_back:.1f} fps, added latency (same pts) "
+            f"p50 {report.latency_ms['p50']} ms p95 {report.latency_ms['p95']} ms, content age p50 "
+            f"{report.content_age_ms['p50']} ms p95 {report.content_age_ms['p95']} ms")
+
+
+# ---- fixtures ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def detector(yunet_onnx):
+    from swapwatch.engines.yunet import YuNetDetector
+
+    return YuNetDetector(yunet_onnx)
+
+
+@pytest.fixture(scope="module")
+def clip(clips) -> list[np.ndarray]:
+    """75 frames, 360x288, 25 fps: a frontal talking head."""
+    return decode_clip(next(c for c in clips if c.name.startswith("grid_")))
+
+
+@pytest.fixture(scope="module")
+def source_photo(face_photos) -> Path:
+    return next(p for p in face_photos if p.name == "max_Chris.jpeg")
+
+
+# ---- tests -------------------------------------------------------------------------------------------------
+
+def test_swap_session_returns_swapped_frames_in_order(detector, clip, source_photo):
+    face_boxes = [detector.detect(f)[0].box.astype(int) for f in clip]
+
+    async def scenario(http, server):
+        source = await upload(http, source_photo)
+        probe = Probe(http, clip, mode="swap", source=source, keep_images=True, websocket=True)
+        await probe.start()
+        report = await probe.run(tail=1.0)
+        session = server.sessions[probe.session]
+        print(f"\nserver side: {session.stats.counters}, evicted {session.out.evicted}")
+        await probe.close()
+        await wait_for(lambda: not server.sessions, 5.0)
+        return probe, report, server
+
+    probe, report, server = run_server(detector, scenario)
+    print(f"swap, 1 session, 360x288 @ 25 fps: {describe(report)}")
+    print("missing:", sorted(set(range(report.sent)) - set(report.indices)))
+    assert report.fraction_back >= 0.95, describe(report)
+    assert report.in_order and report.pts_increasing and report.unmatched == 0
+
+    # No returned frame is the raw input frame with the same timestamp: the face differs, or it carries the
+    # watermark (a stand-in repeats a swapped frame; the starting card is black).
+    marker = Watermarker()
+    mapping = probe.mapping()
+    watermarked = 0
+    back = [r for r in probe.received if mapping[r.pts] < len(clip)]  # the probe's flush frames aside
+    for r in back:
+        index = mapping[r.pts]
+        sent = clip[index]
+        x1, y1, x2, y2 = face_boxes[index]
+        w, h = x2 - x1, y2 - y1
+        inner = (slice(y1 + h // 4, y2 - h // 6), slice(x1 + w // 5, x2 - w // 5))
+        face_diff = np.abs(r.image[inner].astype(np.int16) - sent[inner].astype(np.int16)).mean()
+        found = marker.detect(r.image).found
+        watermarked += found
+        assert face_diff > 6.0 or found, (index, face_diff)
+    assert watermarked >= 0.9 * len(back)
+
+    types = [m["type"] for m in probe.messages]
+    assert types[0] == "hello" and probe.messages[0]["mode"] == "swap" and "metrics" in types
+    metrics = [m for m in probe.messages if m["type"] == "metrics"][-1]
+    assert metrics["frames_in"] > 0 and metrics["frames_out"] > 0 and "detect" in metrics["stages_ms"]
+    assert server.stats.counters.frames_out >= report.received
+    assert server.worker.queue_depth == 0
+
+
+def test_monitor_session_returns_frames_and_talks_on_the_websocket(detector, clip):
+    async def scenario(http, server):
+        probe = Probe(http, clip[:50], mode="monitor", websocket=True)
+        await probe.start()
+        report = await probe.run(tail=1.0)
+        await probe.close()
+        return probe, report
+
+    probe, report = run_server(detector, scenario, metrics_interval=0.5)
+    print(f"\nmonitor, 1 session: {describe(report)}")
+    assert report.fraction_back >= 0.8 and report.in_order
+    hello = probe.messages[0]
+    assert hello == {"type": "hello", "session": probe.session, "mode": "monitor", "source": None, "faces": "all"}
+    metrics = [m for m in probe.messages if m["type"] == "metrics"]
+    assert len(metrics) >= 2 and metrics[-1]["frames_in"] > 0
+    assert set(metrics[-1]) >= {"t", "frames_in", "frames_out", "dropped", "fps_in", "fps_out", "latency_ms",
+                                "stages_ms"}
+    assert not [m for m in probe.messages if m["type"] == "alert"]  # the camera is not synthetic
+
+
+def test_both_mode_alerts_on_its_own_watermark(detector, clip, source_photo):
+    pytest.importorskip("swapwatch.engines.monitor", reason="engines/monitor.py (FrameMonitor) not present")
+
+    async def scenario(http, server):
+        source = await upload(http, source_photo)
+        probe = Probe(http, clip[:50], mode="both", source=source, websocket=True)
+        await probe.start()
+        report = await probe.run(tail=1.0)
+        await probe.close()  # the session's end closes the alert: "end" comes before the socket closes
+        return probe, report
+
+    probe, report = run_server(detector, scenario)
+    alerts = [m for m in probe.messages if m["type"] == "alert"]
+    assert report.fraction_back >= 0.8
+    assert alerts and alerts[0]["event"] == "start" and alerts[0]["kind"] == "watermark" and alerts[0]["verified"]
+    assert alerts[-1]["event"] == "end" and alerts[-1]["t_end"] >= alerts[0]["t_start"]
+
+
+def test_four_concurrent_sessions_all_receive_frames(detector, clip, source_photo):
+    async def scenario(http, server):
+        source = await upload(http, source_photo)
+        probes = [Probe(http, clip[:50], mode="swap", source=source) for _ in range(4)]
+        await asyncio.gather(*(p.start() for p in probes))
+        assert len(server.sessions) == 4
+        reports = await asyncio.gather(*(p.run(tail=1.5) for p in probes))
+        await asyncio.gather(*(p.close() for p in probes))
+        await wait_for(lambda: not server.sessions, 5.0)
+        return reports, server
+
+    reports, server = run_server(detector, scenario)
+    batch_p50 = server.stats.batch_sizes.percentile(0.5)
+    print(f"\n4 sessions (2 cores, clients and server in one process), faces per generate p50 {batch_p50}:")
+    for report in reports:
+        print("  " + describe(report))
+    for report in reports:
+        assert len(report.indices) >= 10 and report.pts_increasing
+    assert server.stats.batch_sizes.count > 0
+
+
+def test_recording_only_when_asked(detector, clip, source_photo, tmp_path):
+    async def scenario(http, server):
+        source = await upload(http, source_photo)
+        for record in (False, True):
+            probe = Probe(http, clip[:25], mode="swap", source=source, extra={"record": record})
+            await probe.start()
+            await probe.run(tail=0.5)
+            await probe.close()
+        await wait_for(lambda: not server.sessions, 5.0)
+
+    run_server(detector, scenario, record_dir=str(tmp_path))
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".mp4"  # the session that asked, and only that one
+    frames = decode_clip(files[0])
+    assert len(frames) >= 15
+    assert sum(Watermarker().detect(f).found for f in frames) >= 0.8 * len(frames)  # what was sent: labelled
