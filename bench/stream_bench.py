@@ -48,7 +48,6 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from machine import describe as describe_machine  # noqa: E402
 
-
 # ---- the server process ------------------------------------------------------------------------------------
 
 def serve(model: str, home: str, ready: mp.Queue) -> None:

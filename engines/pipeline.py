@@ -1,7 +1,10 @@
 """A frame's path through the swap side, top to bottom.
 
-    frame -> detect + track (smoothed landmarks) -> choose faces -> align crops -> generate (one batch)
-          -> mask -> colour match -> inverse warp + blend -> visible label -> invisible watermark
+    frame -> detect + track (smoothed landmarks)                      tracker.process
+          -> choose faces -> align crops                              plan
+          -> generate (one batch)                                     swapper.generate
+          -> mask -> colour match -> inverse warp + blend             paste
+          -> visible label + invisible watermark                      labeller
 
 One :class:`SwapPipeline` serves one stream (its tracker holds per-stream state); the models inside it may be
 shared between pipelines.
@@ -46,6 +49,19 @@ class SwapOptions:
             raise InputError(f"unknown blend {self.blend!r}; choose from {', '.join(BLENDS)}")
         if self.detect_every < 1:
             raise InputError("detect_every must be at least 1")
+
+
+@dataclass
+class SwapPlan:
+    """A frame after face choice and alignment, before the swapper runs (the seam where a server batches
+    ``generate`` across streams)."""
+
+    frame: np.ndarray
+    faces: list[Face]
+    chosen: list[tuple[Face, str]] = field(default_factory=list)  # faces to swap, with their source key
+    aligned: list[AlignedFace] = field(default_factory=list)
+    crops: np.ndarray | None = None  # (N, S, S, 3) BGR uint8 in the swapper's template; None: nothing to swap
+    sources: list[SourceIdentity] = field(default_factory=list)
 
 
 @dataclass
@@ -109,31 +125,41 @@ class SwapPipeline:
     # ---- the frame path ------------------------------------------------------------------------------
 
     def process(self, frame_bgr: np.ndarray, t: float) -> SwapResult:
+        faces = self.tracker.process(frame_bgr, t)
+        plan = self.plan(frame_bgr, faces)
+        if plan.crops is None:
+            return SwapResult(frame_bgr.copy(), faces)
+        out = self.paste(plan, self.swapper.generate(plan.crops, plan.sources))
+        if self.labeller is not None:
+            out = self.labeller(out)
+        return SwapResult(out, faces, plan.chosen)
+
+    def plan(self, frame_bgr: np.ndarray, faces: list[Face]) -> SwapPlan:
+        """Choose the faces to swap in this frame and align their crops to the swapper's template."""
         missing = set(self.selection.source_keys) - set(self.sources)
         if missing:
             raise InputError(f"no source photo for {', '.join(sorted(missing))}")
-        faces = self.tracker.process(frame_bgr, t)
         chosen = self.selection.select(faces, frame_bgr, self._embed_faces)
-        out = frame_bgr.copy()
-        if not chosen:
-            return SwapResult(out, faces)
+        plan = SwapPlan(frame_bgr, faces, chosen)
+        if chosen:
+            plan.aligned = [align_face(frame_bgr, f.landmarks, self.swapper.template) for f, _ in chosen]
+            plan.crops = np.stack([a.crop for a in plan.aligned])
+            plan.sources = [self.sources[key] for _, key in chosen]
+        return plan
 
-        template = self.swapper.template
-        aligned: list[AlignedFace] = [align_face(frame_bgr, f.landmarks, template) for f, _ in chosen]
-        crops = np.stack([a.crop for a in aligned])
-        generated = self.swapper.generate(crops, [self.sources[key] for _, key in chosen])
-        masks = self._masks(crops, aligned)
+    def paste(self, plan: SwapPlan, generated: np.ndarray) -> np.ndarray:
+        """Mask, colour-match and blend the swapper's output crops back into a copy of the frame."""
+        masks = self.masks_for(plan.crops, plan.aligned)
         if self.options.colour_match and self.swapper.learned:  # classic matches colours itself
-            generated = np.stack([match_colour(g, c, m) for g, c, m in zip(generated, crops, masks)])
+            generated = np.stack([match_colour(g, c, m) for g, c, m in zip(generated, plan.crops, masks)])
         paste = poisson_paste if self.options.blend == "poisson" else paste_back
-        for crop, a, mask in zip(generated, aligned, masks):
+        out = plan.frame.copy()
+        for crop, a, mask in zip(generated, plan.aligned, masks):
             out = paste(out, crop, a.matrix, mask, out=out)
+        return out
 
-        if self.labeller is not None:
-            out = self.labeller(out)
-        return SwapResult(out, faces, chosen)
-
-    def _masks(self, crops: np.ndarray, aligned: list[AlignedFace]) -> list[np.ndarray]:
+    def masks_for(self, crops: np.ndarray, aligned: list[AlignedFace]) -> list[np.ndarray]:
+        """One blend mask per aligned crop: face parsing when asked and installed, else the feathered ellipse."""
         keep_mouth = self.options.keep_mouth
         template = self.swapper.template
         if self.parser is not None and self.options.mask == "parsing":

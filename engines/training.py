@@ -93,14 +93,14 @@ class TrainConfig:
     out: Path = Path("out/deepfake")
     seed: int = 0
     # stage 1: frame scorer
-    epochs: int = 8
+    epochs: int = 12
     pairs_per_epoch: int = 2048  # (real, fake) pairs per epoch
     batch_pairs: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
     sbi_fraction: float = 0.5  # a pair's fake is self-blended with this probability, else a swap (if any)
     # stage 2: temporal head
-    head_epochs: int = 6
+    head_epochs: int = 8
     head_windows_per_epoch: int = 4096
     head_batch: int = 64
     head_lr: float = 3e-3

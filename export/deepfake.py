@@ -73,6 +73,9 @@ class HeadConfig:
     hidden: tuple[int, ...] = (16, 8)
     dense: int = 8
     dropout: float = 0.3
+    # Residual variant: add the window's mean frame logit (from a frozen copy of the scorer's classifier) to
+    # the GRU head's output, so the head learns a temporal correction to the frame scores. Off: the original.
+    residual: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -197,10 +200,19 @@ class TemporalHead(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.dense = nn.Linear(sizes[-1], config.dense)
         self.out = nn.Linear(config.dense, 1)
+        if config.residual:
+            self.frame_classifier = nn.Linear(config.feature_dim, 1)
+            self.frame_classifier.requires_grad_(False)
+            nn.init.zeros_(self.out.weight)  # starts as the mean of the frame logits
+            nn.init.zeros_(self.out.bias)
 
     def set_normalisation(self, mean: np.ndarray, std: np.ndarray) -> None:
         self.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.feature_std.copy_(torch.as_tensor(np.maximum(std, 1e-4), dtype=torch.float32))
+
+    def set_frame_classifier(self, classifier: nn.Linear) -> None:
+        """The residual variant's frozen copy of the scorer's per-frame classifier."""
+        self.frame_classifier.load_state_dict(classifier.state_dict())
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = (features - self.feature_mean) / self.feature_std
@@ -208,7 +220,11 @@ class TemporalHead(nn.Module):
         for gru in self.grus:
             x = gru(x, mask)
         h = self.dropout(x[:, -1])  # right-aligned windows: the newest frame is always the last step
-        return self.out(torch.relu(self.dense(h))).squeeze(1)
+        logit = self.out(torch.relu(self.dense(h))).squeeze(1)
+        if self.config.residual:
+            frame = self.frame_classifier(features).squeeze(2)
+            logit = logit + (frame * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return logit
 
 
 # --------------------------------------------------------------------------------------------------

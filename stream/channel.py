@@ -15,11 +15,11 @@ import time
 from typing import Any
 
 from aiohttp import WSMsgType, web
+
+from swapwatch.config import ServerConfig
 from swapwatch.stream.offer import OfferError, SessionSettings
 from swapwatch.stream.session import Session
 from swapwatch.stream.sources import SourceStore
-
-from swapwatch.config import ServerConfig
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@
     [worker]       : swapper.generate on the crops of every session in the batch, at once
     finish(plan)   : mask -> colour -> paste back -> SYNTHETIC badge + watermark -> monitor -> yuv420p
 
-This is :meth:`SwapPipeline.process` with a seam at ``generate``; it uses the session's own SwapPipeline
-(its selection, masks, options, labeller and source identities) and one tracker per session. Everything
+It calls the session's own SwapPipeline stage by stage (``plan``, then the worker's batched ``generate``,
+then ``paste``), with one tracker per session. Everything
 here runs on the worker thread only: a processor is never touched by two threads.
 """
 
@@ -20,18 +20,16 @@ from typing import Any
 import av
 import cv2
 import numpy as np
-from swapwatch.engines.align import AlignedFace, align_face
-from swapwatch.engines.blend import match_colour, paste_back
+
+from swapwatch.config import TrackingConfig
 from swapwatch.engines.face import Face, FaceDetector
 from swapwatch.engines.labelling import SyntheticLabeller
-from swapwatch.engines.pipeline import SwapOptions, SwapPipeline
+from swapwatch.engines.pipeline import SwapOptions, SwapPipeline, SwapPlan
 from swapwatch.engines.selection import DEFAULT_SOURCE, FaceSelection
 from swapwatch.engines.swapper import SourceIdentity, Swapper
 from swapwatch.engines.tracking import FACE_SMOOTHING, FaceTracker, KeyframeTracker
 from swapwatch.stream.offer import SessionSettings
 from swapwatch.stream.sources import SourceFace
-
-from swapwatch.config import TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +45,18 @@ class FramePlan:
     image: np.ndarray  # BGR at the session's output size
     t: float
     faces: list[Face]
-    aligned: list[AlignedFace] = field(default_factory=list)
-    crops: np.ndarray | None = None  # (N, S, S, 3) for the swapper; None when nothing is swapped
-    sources: list[SourceIdentity] = field(default_factory=list)
+    swap: SwapPlan | None = None  # the pipeline's plan when this frame has faces to swap
     swapper: Swapper | None = None
     generated: np.ndarray | None = None  # filled by the worker
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def crops(self) -> np.ndarray | None:
+        return self.swap.crops if self.swap is not None else None
+
+    @property
+    def sources(self) -> list[SourceIdentity]:
+        return self.swap.sources if self.swap is not None else []
 
 
 @dataclass
@@ -162,13 +166,9 @@ class FrameProcessor:
         plan = FramePlan(image, t, faces, timings={"convert": t1 - t0, "detect": t2 - t1})
         pipeline = self.pipeline
         if pipeline is not None and self.settings.swaps:
-            chosen = pipeline.selection.select(faces, image)  # all | largest: no embeddings
-            if chosen:
-                template = self.swapper.template
-                plan.aligned = [align_face(image, f.landmarks, template) for f, _ in chosen]
-                plan.crops = np.stack([a.crop for a in plan.aligned])
-                plan.sources = [pipeline.sources[key] for _, key in chosen]
-                plan.swapper = self.swapper
+            swap = pipeline.plan(image, faces)
+            if swap.crops is not None:
+                plan.swap, plan.swapper = swap, self.swapper
             plan.timings["align"] = clock() - t2
         return plan
 
@@ -179,9 +179,9 @@ class FrameProcessor:
         pipeline = self.pipeline
         if pipeline is not None and self.settings.swaps:
             t0 = clock()
-            if plan.crops is not None and plan.generated is not None:
-                out = self._paste(pipeline, plan)
-                swapped = len(plan.aligned)
+            if plan.swap is not None and plan.generated is not None:
+                out = pipeline.paste(plan.swap, plan.generated)
+                swapped = len(plan.swap.aligned)
             t1 = clock()
             timings["paste"] = t1 - t0
             if not swapped and self._last_swap is not None and plan.t - self._last_swap[0] <= MISS_HOLD_S:
@@ -206,18 +206,6 @@ class FrameProcessor:
                 self._last_swap = (plan.t, yuv)
         timings["output"] = clock() - t0
         return Processed(yuv, len(plan.faces), swapped, held, events, timings)
-
-    def _paste(self, pipeline: SwapPipeline, plan: FramePlan) -> np.ndarray:
-        options, template = pipeline.options, self.swapper.template
-        masks = [pipeline.masks.face(template, index=a.template_index, keep_mouth=options.keep_mouth)
-                 for a in plan.aligned]
-        generated = plan.generated
-        if options.colour_match and self.swapper.learned:  # classic matches colours itself
-            generated = np.stack([match_colour(g, c, m) for g, c, m in zip(generated, plan.crops, masks)])
-        out = plan.image.copy()
-        for crop, a, mask in zip(generated, plan.aligned, masks):
-            out = paste_back(out, crop, a.matrix, mask, out=out)
-        return out
 
 
 def to_yuv420p(image_bgr: np.ndarray) -> np.ndarray:

@@ -27,9 +27,13 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer
+
+from swapwatch import __version__
+from swapwatch.config import Config
 from swapwatch.engines.face import FaceDetector
 from swapwatch.engines.media import decode_image
 from swapwatch.engines.swapper import Swapper
+from swapwatch.errors import InputError
 from swapwatch.stream.channel import SessionChannel
 from swapwatch.stream.metrics import PROMETHEUS_CONTENT_TYPE, ServerStats, SessionStats, render_prometheus
 from swapwatch.stream.offer import OfferError, OfferRequest, SessionSettings
@@ -39,10 +43,6 @@ from swapwatch.stream.security import AccessPolicy
 from swapwatch.stream.session import Session
 from swapwatch.stream.sources import SourceFace, SourceStore
 from swapwatch.stream.worker import InferenceWorker
-
-from swapwatch import __version__
-from swapwatch.config import Config
-from swapwatch.errors import InputError
 
 __all__ = ["SwapwatchServer", "SourceFace", "SourceStore"]
 

@@ -26,6 +26,8 @@ from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from swapwatch.config import ServerConfig
 from swapwatch.stream.metrics import SessionStats
 from swapwatch.stream.offer import OfferError, SessionSettings
 from swapwatch.stream.processing import FrameProcessor, Processed
@@ -33,8 +35,6 @@ from swapwatch.stream.recorder import Recorder
 from swapwatch.stream.sources import SourceFace
 from swapwatch.stream.tracks import ProcessedTrack, Slot
 from swapwatch.stream.worker import InferenceWorker, WorkerBusy
-
-from swapwatch.config import ServerConfig
 
 log = logging.getLogger(__name__)
 

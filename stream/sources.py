@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from swapwatch.engines.face import Face
 from swapwatch.engines.swapper import SourceIdentity
 

@@ -24,6 +24,7 @@ import av
 import cv2
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
 from swapwatch.stream.metrics import SessionStats
 from swapwatch.stream.processing import Processed, output_size, to_yuv420p
 

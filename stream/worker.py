@@ -27,6 +27,7 @@ from typing import Any
 
 import av
 import numpy as np
+
 from swapwatch.stream.metrics import ServerStats
 from swapwatch.stream.processing import FramePlan, FrameProcessor, Processed
 

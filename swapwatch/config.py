@@ -45,7 +45,7 @@ class ServerConfig:
     # Frame loop: an input frame not processed within frame_deadline s is answered by repeating the last
     # processed frame; at most out_queue frames wait for the sender (older ones are dropped). While the
     # sender waits on one frame's deadline, about frame_deadline x fps newer frames arrive: out_queue must
-    # hold them (8 covers 0.25 s at 30 fps), or frames are dropped that would have been in time.
+    # hold them (0.25 s at 30 fps is 7.5; 10 leaves a margin), or frames are dropped that were in time.
     frame_deadline: float = 0.25
     out_queue: int = 10
     # Worker: collect jobs for up to batch_window s (or until every live session has one in) and run the

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestServer
-from swapwatch.stream.server import SwapwatchServer
 
 from swapwatch.config import Config, ServerConfig
+from swapwatch.stream.server import SwapwatchServer
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +163,7 @@ def test_worker_batches_faces_across_sessions(detector, grid_frames, chris):
 
 def test_stand_ins_never_show_the_raw_frame_in_swap_mode(grid_frames):
     import av
+
     from swapwatch.stream.metrics import SessionStats
     from swapwatch.stream.processing import Processed, to_yuv420p
     from swapwatch.stream.tracks import ProcessedTrack

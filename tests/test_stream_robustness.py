@@ -13,9 +13,10 @@ import aiohttp
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, VideoStreamTrack
+from test_webrtc import decode_clip, run_server, upload, wait_for
+
 from swapwatch.engines.face import Face, FaceDetector
 from swapwatch.stream.probe import Probe
-from test_webrtc import decode_clip, run_server, upload, wait_for
 
 
 def rss_mib() -> float:

@@ -15,12 +15,12 @@ import av
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestServer
+
+from swapwatch.config import Config, ServerConfig
 from swapwatch.engines.classic import ClassicSwapper
 from swapwatch.engines.labelling import Watermarker
 from swapwatch.stream.probe import Probe, ProbeReport
 from swapwatch.stream.server import SwapwatchServer
-
-from swapwatch.config import Config, ServerConfig
 
 # ---- helpers shared with test_stream_robustness.py ---------------------------------------------------------
 

@@ -50,8 +50,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
     train = p.add_argument_group("training")
     train.add_argument("--out", type=Path, default=Path("out/deepfake"), help="output folder")
-    train.add_argument("--epochs", type=int, default=8, help="frame-scorer epochs")
-    train.add_argument("--head-epochs", type=int, default=6, help="temporal-head epochs")
+    train.add_argument("--epochs", type=int, default=12, help="frame-scorer epochs")
+    train.add_argument("--head-epochs", type=int, default=8, help="temporal-head epochs")
     train.add_argument("--pairs-per-epoch", type=int, default=2048, help="(real, fake) pairs per scorer epoch")
     train.add_argument("--head-windows", type=int, default=4096, help="windows per head epoch")
     train.add_argument("--head-renders", type=int, default=3,
