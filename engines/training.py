@@ -105,6 +105,7 @@ class TrainConfig:
     head_batch: int = 64
     head_lr: float = 3e-3
     head_renders: int = 3  # renders of each (track, kind) clip whose features the head trains on
+    head_residual: bool = False  # the GRU head corrects the mean frame logit instead of replacing it
     window: int = 20
     min_window: int = 6  # shortest (masked) window the head trains on
     max_rate: float = 3.0  # frame-rate changes: windows sample the clip every 0.5 .. max_rate frames
@@ -820,7 +821,8 @@ class DetectorTrainer:
         torch.manual_seed(config.seed)
         scfg = ScorerConfig(config.scorer_size, config.scorer_widths, config.scorer_blocks)
         self.scorer = FrameScorer(scfg)
-        self.head = TemporalHead(HeadConfig(feature_dim=scfg.feature_dim, window=config.window))
+        self.head = TemporalHead(HeadConfig(feature_dim=scfg.feature_dim, window=config.window,
+                                            residual=config.head_residual))
         self.scorer_opt = torch.optim.AdamW(self.scorer.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.head_opt = torch.optim.AdamW(self.head.parameters(), lr=config.head_lr, weight_decay=config.weight_decay)
         self.history: list[dict] = []
@@ -1055,6 +1057,8 @@ class DetectorTrainer:
             feats = np.concatenate([s for s, _ in self._head_train])
             if self.stage == "head" and epoch == 0:
                 self.head.set_normalisation(feats.mean(0), feats.std(0))
+                if self.config.head_residual:
+                    self.head.set_frame_classifier(self.scorer.classifier)
         torch.manual_seed(cfg.seed * 1000 + 500 + epoch)
         rng = np.random.default_rng([cfg.seed, 2, epoch])
         seqs = self._head_train

@@ -103,6 +103,9 @@ def test_swap_session_in_chromium(fake_camera, source_photo, tmp_path):
                 assert await page.evaluate("document.title") == "swapwatch"
                 assert "nothing you send is stored" in (await page.evaluate(
                     "document.getElementById('notice').textContent")).lower()
+                # the weight-free fallback is named as such (issue 3: "the UI says so")
+                await page.wait_for("document.getElementById('model-info').textContent.length > 0")
+                assert "weight-free" in await page.evaluate("document.getElementById('model-info').textContent")
 
                 # 1. the source face: uploaded, its face box drawn
                 await page.set_input_files("#file", [source_photo])

@@ -56,6 +56,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     train.add_argument("--head-windows", type=int, default=4096, help="windows per head epoch")
     train.add_argument("--head-renders", type=int, default=3,
                        help="renders of each training clip (real and each fake) whose features train the head")
+    train.add_argument("--residual-head", action="store_true",
+                       help="the GRU head adds a temporal correction to the window's mean frame logit "
+                            "(default: the original GRU 16 -> GRU 8 -> dense 8 -> dense 1 head)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument("--window", type=int, default=20, help="frames per temporal window (W)")
@@ -78,7 +81,7 @@ def config_from_args(args: argparse.Namespace):
     config = TrainConfig(
         out=args.out, seed=args.seed, epochs=args.epochs, head_epochs=args.head_epochs,
         pairs_per_epoch=args.pairs_per_epoch, head_windows_per_epoch=args.head_windows, lr=args.lr,
-        head_renders=args.head_renders,
+        head_renders=args.head_renders, head_residual=args.residual_head,
         window=args.window, scorer_size=args.crop_size, scorer_widths=args.widths,
         scorer_blocks=(1,) * len(args.widths), max_frames=args.max_frames, val_identities=args.val_identities,
         val_fraction=args.val_fraction, swap_fakes=args.swapwatch_fakes, swappers=args.swappers,
