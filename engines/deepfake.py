@@ -204,10 +204,14 @@ class ClipScores:
 
     @property
     def score(self) -> float | None:
-        """The clip's probability of being fake: its most suspicious track (one swapped face makes it fake);
-        None when no face was seen."""
-        scores = [t.score for t in self.tracks.values() if t.score is not None]
-        return max(scores) if scores else None
+        """The clip's probability of being fake: its most suspicious track (one swapped face makes it fake),
+        among tracks seen on at least a quarter as many frames as the longest (a detector's brief false
+        positive must not decide a video); None when no face was seen."""
+        scored = [t for t in self.tracks.values() if t.score is not None]
+        if not scored:
+            return None
+        longest = max(len(t.frame_probs) for t in scored)
+        return max(t.score for t in scored if 4 * len(t.frame_probs) >= longest)
 
     @property
     def verdict(self) -> str:

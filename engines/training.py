@@ -97,15 +97,18 @@ class TrainConfig:
     pairs_per_epoch: int = 2048  # (real, fake) pairs per epoch
     batch_pairs: int = 16
     lr: float = 2e-3
-    weight_decay: float = 1e-4
-    sbi_fraction: float = 0.5  # a pair's fake is self-blended with this probability, else a swap (if any)
+    weight_decay: float = 0.05  # AdamW's usual vision setting: with a handful of identities, memorising is the risk
+    sbi_fraction: float = 0.6  # a pair's fake is self-blended with this probability, else a swap (if any)
+    rank_weight: float = 1.0  # weight of the within-pair ranking loss (fake above its own real frame)
+    bce_weight: float = 0.5  # weight of the per-frame BCE (keeps the logit calibrated)
     # stage 2: temporal head
     head_epochs: int = 8
     head_windows_per_epoch: int = 4096
     head_batch: int = 64
     head_lr: float = 3e-3
     head_renders: int = 3  # renders of each (track, kind) clip whose features the head trains on
-    head_residual: bool = False  # the GRU head corrects the mean frame logit instead of replacing it
+    head_residual: bool = False  # True: the GRU head corrects the mean frame logit (measured: no better here)
+    head_feature_noise: float = 0.5  # Gaussian noise on the standardised features while the head trains
     window: int = 20
     min_window: int = 6  # shortest (masked) window the head trains on
     max_rate: float = 3.0  # frame-rate changes: windows sample the clip every 0.5 .. max_rate frames
@@ -125,7 +128,8 @@ class TrainConfig:
     val_fraction: float = 0.25
     swap_fakes: bool = False  # swapwatch's own swaps as fakes
     swappers: tuple[str, ...] = ("classic",)
-    swap_sources: int = 2  # source identities swapped onto each track
+    swap_sources: int = 0  # other identities swapped onto each track (see _self_source for why 0 on tiny data)
+    self_swaps: bool = True  # also swap each track with its own face (another frame, or its mirror image)
     max_items: int | None = None  # quick runs: the first N items after sorting
     threads: int = 0  # torch threads (0: torch's default)
     cache_dir: Path | None = None  # face-track cache (default OUT/cache)
@@ -308,7 +312,7 @@ class FaceTrack:
     boxes: np.ndarray  # (T, 4) float32
     times: np.ndarray  # (T,) seconds
     still: bool = False
-    kind: str = "real"  # real | file-fake | swap:<swapper>
+    kind: str = "real"  # real | file-fake | swap (another identity swapped in) | selfswap (its own face)
 
     def __len__(self) -> int:
         return len(self.rois)
@@ -522,8 +526,27 @@ class SwapFaker:
             if self.swapper.learned:  # the classic swapper matches colours itself
                 generated = match_colour(generated, aligned.crop, mask)
             rois[i] = paste_back(target.rois[i], generated, aligned.matrix, mask)
+        kind = "selfswap" if source.identity == target.identity else "swap"
         return replace(target, rois=rois, label=FAKE, origin=f"{self.name}:{source.identity}->{target.identity}",
-                       kind=f"swap:{self.name}")
+                       kind=kind)
+
+
+def _self_source(track: FaceTrack) -> FaceTrack:
+    """The track's own face as a swap source: a frame far from the middle one (another expression), or for a
+    photo its mirror image. A self-swap carries the swapper's traces (pasted, recoloured, relit face; seam;
+    a face that does not move with the head) without a change of identity: with a handful of identities,
+    cross-identity swaps alone teach "an unfamiliar face on a familiar head is fake", which on a new person
+    reads as "unfamiliar is fake"."""
+    if not track.still:
+        return replace(track, rois=track.rois[:1], landmarks=track.landmarks[:1], boxes=track.boxes[:1],
+                       times=track.times[:1])
+    w = track.rois.shape[2]
+    lmk = track.landmarks.copy()
+    lmk[..., 0] = w - 1 - lmk[..., 0]
+    lmk = lmk[:, [1, 0, 2, 4, 3]]  # left and right swap places in a mirror
+    boxes = track.boxes.copy()
+    boxes[:, [0, 2]] = w - 1 - track.boxes[:, [2, 0]]
+    return replace(track, rois=np.ascontiguousarray(track.rois[:, :, ::-1]), landmarks=lmk, boxes=boxes)
 
 
 def make_swappers(names: Sequence[str]) -> list[SwapFaker]:
@@ -562,8 +585,11 @@ class ClipAugment:
     resolution: float  # 1: none; < 1: the region is downscaled by this and back (low-resolution sources)
     quality: int | None  # JPEG quality, None: no compression
     noise: float  # Gaussian sensor noise sigma, 0..255 levels
+    blur: float  # Gaussian blur sigma in region pixels (0: none): defocus, motion, soft webcams
+    gray: bool  # black-and-white source (old photos, some cameras)
     crop_scale: float
     crop_shift: tuple[float, float]  # fraction of the crop
+    rotation: float  # degrees, about the crop centre (landmark detectors err on roll too)
     flip: bool
     jitter: float  # per-frame landmark noise, fraction of the crop
     seed: int
@@ -576,8 +602,11 @@ class ClipAugment:
             resolution=float(rng.uniform(0.35, 0.85)) if rng.random() < 0.3 else 1.0,
             quality=int(rng.integers(40, 101)) if rng.random() < 0.6 else None,
             noise=float(rng.uniform(0, 4)) if rng.random() < 0.3 else 0.0,
-            crop_scale=float(rng.uniform(0.94, 1.06)),
-            crop_shift=(float(rng.uniform(-0.03, 0.03)), float(rng.uniform(-0.03, 0.03))),
+            blur=float(rng.uniform(0.4, 1.2)) if rng.random() < 0.15 else 0.0,
+            gray=bool(rng.random() < 0.1),
+            crop_scale=float(rng.uniform(0.9, 1.1)),
+            crop_shift=(float(rng.uniform(-0.04, 0.04)), float(rng.uniform(-0.04, 0.04))),
+            rotation=float(rng.uniform(-10, 10)),
             flip=bool(rng.random() < 0.5),
             jitter=float(rng.uniform(0.0, 0.006)),
             seed=int(rng.integers(0, 2**31 - 1)),
@@ -586,6 +615,10 @@ class ClipAugment:
     def degrade(self, roi: np.ndarray, position: int) -> np.ndarray:
         # convertTo-style saturating affine on uint8 (one pass, no float copy of the region).
         img = cv2.addWeighted(roi, self.contrast, roi, 0.0, 128.0 * (1.0 - self.contrast) + self.brightness)
+        if self.gray:
+            img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+        if self.blur > 0:
+            img = cv2.GaussianBlur(img, (0, 0), self.blur)
         if self.noise > 0:
             noise = np.random.default_rng([self.seed, position, 1]).normal(0, self.noise, img.shape)
             img = np.clip(img + np.rint(noise), 0, 255).astype(np.uint8)
@@ -607,11 +640,10 @@ class ClipAugment:
             noise = np.random.default_rng([self.seed, position, 2]).normal(0, self.jitter * px, lmk.shape)
             lmk = lmk + noise
         m = estimate_alignment(lmk, template)
-        # Then scale about the crop centre and shift, in crop pixels.
+        # Then rotate and scale about the crop centre and shift, in crop pixels.
         c = size / 2.0
-        s = self.crop_scale
-        post = np.array([[s, 0, (1 - s) * c + self.crop_shift[0] * size], [0, s, (1 - s) * c + self.crop_shift[1] * size],
-                         [0, 0, 1.0]])
+        post = np.vstack([cv2.getRotationMatrix2D((c, c), self.rotation, self.crop_scale), [0, 0, 1.0]])
+        post[:2, 2] += np.asarray(self.crop_shift) * size
         m = (post @ np.vstack([m, [0, 0, 1]]))[:2]
         crop = cv2.warpAffine(roi, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         return crop[:, ::-1].copy() if self.flip else crop
@@ -776,9 +808,14 @@ def prepare_data(items: Sequence[MediaItem], config: TrainConfig, *, detector_mo
                 others = [s for s in pool if s.identity != target.identity]
                 if not others:  # a lone validation identity borrows sources from training
                     others = [s for s in data.train_real if s.identity != target.identity]
-                picks = rng.permutation(len(others))[: config.swap_sources]
-                data.swaps[id(target)] = [fakers[(ti + k) % len(fakers)](target, others[j])
-                                          for k, j in enumerate(picks)]
+                # Validation always gets a swap from another identity: that is the fake the detector is for.
+                n_cross = config.swap_sources if pool is data.train_real else max(config.swap_sources, 1)
+                picks = rng.permutation(len(others))[:n_cross]
+                sources = [others[j] for j in picks]
+                if config.self_swaps:
+                    sources.append(_self_source(target))
+                data.swaps[id(target)] = [fakers[(ti + k) % len(fakers)](target, src)
+                                          for k, src in enumerate(sources)]
     return data
 
 
@@ -829,7 +866,7 @@ class DetectorTrainer:
         self.stage, self.epoch = "scorer", 0  # the next epoch to run
         self.val = self._render_val()
         self.probe = self._render_val(data.train_real, frames=6, stream=6)
-        self._head_train: list[tuple[np.ndarray, int]] | None = None
+        self._head_train: list[list[tuple[np.ndarray, int]]] | None = None
         self._val_features: list[np.ndarray] | None = None  # per val clip, from the last validate_frames()
 
     # ---- checkpoints ------------------------------------------------------------------------------------
@@ -889,11 +926,15 @@ class DetectorTrainer:
             rng = np.random.default_rng([cfg.seed, stream, n])
             pos = clip_positions(track, cfg.still_frames)[:frames]
             swaps = {f"swap{j}": s for j, s in enumerate(self.data.swaps_of(track))}
-            kinds = ["real", "sbi", *swaps]
-            for kind, crops in zip(kinds, self.renderer.render(track, pos, kinds, rng, swaps)):
+            # The real clip as it is (not a self-blend's recoloured target) and its fakes, all under the same
+            # ClipAugment draw: it is the first draw of each render, so two generators with one seed agree.
+            kinds = ["real", *swaps, "sbi"]
+            rendered = self.renderer.render(track, pos, kinds[:-1], rng, swaps)
+            rendered += self.renderer.render(track, pos, ["sbi"], np.random.default_rng([cfg.seed, stream, n]))
+            for kind, crops in zip(kinds, rendered):
                 val.crops.append(crops)
                 val.labels.append(REAL if kind == "real" else FAKE)
-                val.kinds.append("swap" if kind.startswith("swap") else kind)
+                val.kinds.append(swaps[kind].kind if kind in swaps else kind)
                 val.names.append(f"{track.identity}:{swaps[kind].origin if kind in swaps else kind}")
         for n, track in enumerate([] if probe else self.data.val_fake):
             rng = np.random.default_rng([cfg.seed, 4, n])
@@ -936,6 +977,21 @@ class DetectorTrainer:
         progress = (step - warmup) / max(total - warmup, 1)
         return base * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
+    def _scorer_loss(self, logits, labels):
+        """BCE per frame plus a ranking loss per (real, fake) pair of the same frame.
+
+        The ranking term asks only that a frame's fake score above the frame itself, which no property of the
+        person can achieve: with a handful of identities, BCE alone is also lowered by recognising the
+        training faces as "real", and a new face then looks fake.
+        """
+        import torch.nn.functional as F
+
+        cfg = self.config
+        bce = F.binary_cross_entropy_with_logits(logits, labels)
+        pairs = logits.view(-1, 2)  # batches are (real, fake) pairs in order
+        rank = F.softplus(pairs[:, 0] - pairs[:, 1]).mean()
+        return cfg.bce_weight * bce + cfg.rank_weight * rank
+
     def train_scorer_epoch(self, epoch: int) -> dict:
         import torch
         from tqdm import tqdm
@@ -958,7 +1014,7 @@ class DetectorTrainer:
                 for group in self.scorer_opt.param_groups:
                     group["lr"] = self._lr(cfg.lr, epoch * steps + k, total)
                 _, logits = self.scorer(torch.from_numpy(to_input(crops)))
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(labels))
+                loss = self._scorer_loss(logits, torch.from_numpy(labels))
                 self.scorer_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.scorer_opt.step()
@@ -1025,12 +1081,13 @@ class DetectorTrainer:
 
     # ---- stage 2: temporal head ---------------------------------------------------------------------------
 
-    def _head_sequences(self) -> list[tuple[np.ndarray, int]]:
-        """Feature sequences of rendered training clips (real, self-blended, swapped, labelled fakes)."""
+    def _head_sequences(self) -> list[list[tuple[np.ndarray, int]]]:
+        """Feature sequences of rendered training clips, grouped by render: a real clip with its self-blended
+        and swapped versions under the same conditions (frame-aligned), or one labelled fake clip."""
         from tqdm import tqdm
 
         cfg = self.config
-        seqs: list[tuple[np.ndarray, int]] = []
+        groups: list[list[tuple[np.ndarray, int]]] = []
         jobs = []
         for n, track in enumerate(self.data.train_real):
             swaps = {f"swap{j}": s for j, s in enumerate(self.data.swaps_of(track))}
@@ -1043,10 +1100,28 @@ class DetectorTrainer:
                                               disable=not cfg.progress or None, leave=False):
             rng = np.random.default_rng([cfg.seed, 5, n, r])
             crops = self.renderer.render(track, clip_positions(track, cfg.still_frames), kinds, rng, swaps)
-            for kind, c in zip(kinds, crops):
-                label = track.label if kind == "real" else FAKE
-                seqs.append((self.features(c)[0], label))
-        return seqs
+            groups.append([(self.features(c)[0], track.label if kind == "real" else FAKE)
+                           for kind, c in zip(kinds, crops)])
+        return groups
+
+    def _head_pair(self, rng: np.random.Generator) -> tuple[list[np.ndarray], list[int]]:
+        """A (real, fake) pair of windows: one render's real clip and one of its fakes through the same frame
+        drops and rate changes; a labelled fake clip is paired with a random real clip instead."""
+        groups = self._head_train
+        group = groups[int(rng.integers(len(groups)))]
+        if len(group) > 1:
+            real, fake = group[0], group[1 + int(rng.integers(len(group) - 1))]
+            idx = self._window_indices(len(real[0]), rng)
+            return [real[0][idx], fake[0][idx]], [REAL, FAKE]
+        paired = [g for g in groups if len(g) > 1]
+        real = paired[int(rng.integers(len(paired)))][0][0]
+        return ([real[self._window_indices(len(real), rng)], group[0][0][self._window_indices(len(group[0][0]), rng)]],
+                [REAL, group[0][1]])
+
+    def _window_indices(self, length: int, rng: np.random.Generator) -> np.ndarray:
+        cfg = self.config
+        return sample_window(length, cfg.window, rng, min_window=cfg.min_window, max_rate=cfg.max_rate,
+                             drop_prob=cfg.drop_prob, stall_prob=cfg.stall_prob)
 
     def train_head_epoch(self, epoch: int) -> dict:
         import torch
@@ -1054,33 +1129,36 @@ class DetectorTrainer:
         cfg = self.config
         if self._head_train is None:
             self._head_train = self._head_sequences()
-            feats = np.concatenate([s for s, _ in self._head_train])
+            feats = np.concatenate([s for g in self._head_train for s, _ in g])
             if self.stage == "head" and epoch == 0:
                 self.head.set_normalisation(feats.mean(0), feats.std(0))
                 if self.config.head_residual:
                     self.head.set_frame_classifier(self.scorer.classifier)
         torch.manual_seed(cfg.seed * 1000 + 500 + epoch)
         rng = np.random.default_rng([cfg.seed, 2, epoch])
-        seqs = self._head_train
         self.head.train()
         self.scorer.eval()
         steps = max(cfg.head_windows_per_epoch // cfg.head_batch, 1)
         total = steps * max(cfg.head_epochs, 1)
         losses = []
         for k in range(steps):
-            picks = rng.integers(len(seqs), size=cfg.head_batch)
             windows, labels = [], []
-            for p in picks:
-                values, y = seqs[int(p)]
-                idx = sample_window(len(values), cfg.window, rng, min_window=cfg.min_window, max_rate=cfg.max_rate,
-                                    drop_prob=cfg.drop_prob, stall_prob=cfg.stall_prob)
-                windows.append(values[idx])
-                labels.append(y)
+            for _ in range(max(cfg.head_batch // 2, 1)):
+                w, y = self._head_pair(rng)
+                windows += w
+                labels += y
             feats, masks = pack_windows(windows, cfg.window)
             for group in self.head_opt.param_groups:
                 group["lr"] = self._lr(cfg.head_lr, epoch * steps + k, total, warmup=20)
-            logits = self.head(torch.from_numpy(feats), torch.from_numpy(masks))
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor(labels, dtype=torch.float32))
+            x = torch.from_numpy(feats)
+            if cfg.head_feature_noise > 0:
+                # Noise in standardised units: the scorer is sharper on its own training faces than on new
+                # ones, and a head fitted to those clean features would be over-confident elsewhere.
+                noise = torch.from_numpy(rng.normal(0, cfg.head_feature_noise, feats.shape).astype(np.float32))
+                x = x + noise * self.head.feature_std
+            logits = self.head(x, torch.from_numpy(masks))
+            # The same loss as the scorer's: per-window BCE plus the within-pair ranking term.
+            loss = self._scorer_loss(logits, torch.tensor(labels, dtype=torch.float32))
             self.head_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.head_opt.step()

@@ -41,6 +41,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                       help="add swapwatch's own swaps (another identity swapped onto each track) as fakes")
     data.add_argument("--swappers", type=_csv, default=("classic",), metavar="NAMES",
                       help="swappers for --swapwatch-fakes (classic, and learned ones where installed)")
+    data.add_argument("--swap-sources", type=int, default=0, metavar="N",
+                      help="other identities swapped onto each track (each track is also swapped with its own "
+                           "face); with few identities, cross-identity swaps teach 'unfamiliar face = fake'")
     data.add_argument("--val-identities", type=_csv, default=(), metavar="IDS",
                       help="identities held out for validation (default: --val-fraction of them, seeded)")
     data.add_argument("--val-fraction", type=float, default=0.25)
@@ -57,8 +60,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     train.add_argument("--head-renders", type=int, default=3,
                        help="renders of each training clip (real and each fake) whose features train the head")
     train.add_argument("--residual-head", action="store_true",
-                       help="the GRU head adds a temporal correction to the window's mean frame logit "
-                            "(default: the original GRU 16 -> GRU 8 -> dense 8 -> dense 1 head)")
+                       help="add the head's output to the window's mean frame logit (a learned temporal correction "
+                            "of the frame scores) instead of the original head alone")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument("--window", type=int, default=20, help="frames per temporal window (W)")
@@ -85,6 +88,7 @@ def config_from_args(args: argparse.Namespace):
         window=args.window, scorer_size=args.crop_size, scorer_widths=args.widths,
         scorer_blocks=(1,) * len(args.widths), max_frames=args.max_frames, val_identities=args.val_identities,
         val_fraction=args.val_fraction, swap_fakes=args.swapwatch_fakes, swappers=args.swappers,
+        swap_sources=args.swap_sources,
         max_items=args.max_items, threads=args.threads, progress=not args.no_progress)
     return config, spec
 
