@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 # The committed default model (trained by `swapwatch train-detector` on the shared assets; see its card).
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "deepfake"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "deepfake"  # shipped as package data
 INFO_FILE = "detector.json"
 SCORER_FILE = "scorer.onnx"
 HEAD_FILE = "head.onnx"
