@@ -37,6 +37,14 @@ def yunet_onnx(shared_assets) -> Path:
     return shared_assets / "models" / "face_detection_yunet_2023mar.onnx"
 
 
+@pytest.fixture(scope="module")
+def detector(yunet_onnx):
+    """YuNet with its defaults, the detector the server and clients use (files may override it)."""
+    from swapwatch.engines.yunet import YuNetDetector
+
+    return YuNetDetector(yunet_onnx)
+
+
 @pytest.fixture(scope="session")
 def t1_jpg() -> Path:
     """InsightFace's bundled group photo with six faces."""

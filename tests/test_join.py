@@ -74,13 +74,6 @@ class ServerThread:
 
 
 @pytest.fixture(scope="module")
-def detector(yunet_onnx):
-    from swapwatch.engines.yunet import YuNetDetector
-
-    return YuNetDetector(yunet_onnx)
-
-
-@pytest.fixture(scope="module")
 def server(detector):
     with ServerThread(detector) as s:
         yield s

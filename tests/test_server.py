@@ -14,13 +14,6 @@ from swapwatch.config import Config, ServerConfig
 from swapwatch.stream.server import SwapwatchServer
 
 
-@pytest.fixture(scope="module")
-def detector(yunet_onnx):
-    from swapwatch.engines.yunet import YuNetDetector
-
-    return YuNetDetector(yunet_onnx)
-
-
 def with_server(detector, scenario, *, max_upload_bytes: int = 2 * 1024 * 1024):
     async def main():
         config = Config(server=ServerConfig(max_upload_bytes=max_upload_bytes))

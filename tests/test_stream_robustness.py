@@ -39,13 +39,6 @@ class SlowDetector(FaceDetector):
 
 
 @pytest.fixture(scope="module")
-def detector(yunet_onnx):
-    from swapwatch.engines.yunet import YuNetDetector
-
-    return YuNetDetector(yunet_onnx)
-
-
-@pytest.fixture(scope="module")
 def clip(clips) -> list[np.ndarray]:
     return decode_clip(next(c for c in clips if c.name.startswith("grid_")))
 

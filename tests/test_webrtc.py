@@ -70,13 +70,6 @@ def describe(report: ProbeReport) -> str:
 # ---- fixtures ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def detector(yunet_onnx):
-    from swapwatch.engines.yunet import YuNetDetector
-
-    return YuNetDetector(yunet_onnx)
-
-
-@pytest.fixture(scope="module")
 def clip(clips) -> list[np.ndarray]:
     """75 frames, 360x288, 25 fps: a frontal talking head."""
     return decode_clip(next(c for c in clips if c.name.startswith("grid_")))
