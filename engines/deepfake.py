@@ -14,7 +14,7 @@ between). :meth:`DeepfakeDetector.score_clip` scores a whole clip offline.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from swapwatch.errors import InputError, ModelError
 
 __all__ = [
     "DEFAULT_MODEL_DIR", "ClipScores", "DeepfakeDetector", "DetectorInfo", "TrackScores", "WindowConfig",
-    "crop_faces", "detector_template", "sigmoid",
+    "create_deepfake_detector", "crop_faces", "detector_template", "sigmoid",
 ]
 
 # The committed default model (trained by `swapwatch train-detector` on the shared assets; see its card).
@@ -39,13 +39,15 @@ HEAD_FILE = "head.onnx"
 CHECKPOINT_FILE = "detector.pt"
 
 
-def detector_template(size: int = 128, face_scale: float = 0.75) -> CropTemplate:
+def detector_template(size: int = 128, face_scale: float = 0.75,
+                      centre: tuple[float, float] = (56.0, 62.0)) -> CropTemplate:
     """The scorer's crop: the ArcFace 5 points shrunk to ``face_scale`` of their 112-px layout and centred
     (on the point halfway between the ArcFace crop's centre and its chin), so the whole face outline, the
     seam around it and some hair and background fit in the crop: a blend boundary is what the scorer looks
-    for, and a crop that cuts it off hides it."""
+    for, and a crop that cuts it off hides it. ``centre`` (in the 112-px layout) is the point that lands in
+    the middle of the crop; detectors trained on other crops set it in ``detector.json`` (``crop_centre``)."""
     base = arcface_template(112).points[0]
-    pts = (base - np.array([56.0, 62.0])) * (face_scale * size / 112.0) + size / 2.0
+    pts = (base - np.asarray(centre, np.float64)) * (face_scale * size / 112.0) + size / 2.0
     return CropTemplate(f"deepfake_{size}", size, pts)
 
 
@@ -124,7 +126,10 @@ class DetectorInfo:
 
     @property
     def template(self) -> CropTemplate:
-        return detector_template(self.crop_size, self.face_scale)
+        centre = self.extra.get("crop_centre")
+        if centre is None:
+            return detector_template(self.crop_size, self.face_scale)
+        return detector_template(self.crop_size, self.face_scale, (float(centre[0]), float(centre[1])))
 
 
 @dataclass(frozen=True)
@@ -254,6 +259,10 @@ class DeepfakeDetector:
             raise ModelError(f"deepfake detector folder not found: {folder}")
         info_path = folder / INFO_FILE
         info = DetectorInfo.read(info_path) if info_path.is_file() else None
+        if backend == "torch" and info is not None and info.extra.get("graphs_only"):
+            raise ModelError(f"{folder} holds ONNX graphs only (no {CHECKPOINT_FILE}): use backend onnxruntime "
+                             "or tensorrt (a DeepfakeBench checkpoint runs in PyTorch through "
+                             "swapwatch.export.deepfakebench.load_torch_detector)")
         if backend == "torch":
             scorer, head, info_pt = _torch_engines(pt, device)
             return cls(scorer, head, info or info_pt, config)
@@ -265,6 +274,11 @@ class DeepfakeDetector:
         scorer = load_onnx_engine(onnx_dir / SCORER_FILE, backend, device=device)
         head = load_onnx_engine(onnx_dir / HEAD_FILE, backend, device=device)
         return cls(scorer, head, info, config)
+
+    def fork(self, config: WindowConfig | None = None) -> DeepfakeDetector:
+        """A detector with the same engines and empty track buffers: one per live session, so sessions share
+        the loaded models but never each other's windows."""
+        return type(self)(self.scorer, self.head, self.info, config or self.config)
 
     def _check_specs(self) -> None:
         names = [s.name for s in self.scorer.inputs]
@@ -426,6 +440,15 @@ class DeepfakeDetector:
         return ClipScores(tracks, self.info.threshold)
 
 
+def create_deepfake_detector(config) -> DeepfakeDetector | None:
+    """The live detector a :class:`swapwatch.config.DeepfakeConfig` asks for (None when ``model`` is None)."""
+    if config.model is None:
+        return None
+    return DeepfakeDetector.load(config.model, backend=config.backend, device=config.device,
+                                 config=WindowConfig(feature_stride=config.feature_stride,
+                                                     score_stride=config.score_stride))
+
+
 def _torch_engines(pt: Path, device: str) -> tuple[Engine, Engine, DetectorInfo]:
     from swapwatch.engines.torch_backend import TorchEngine
     from swapwatch.export.deepfake import load_checkpoint
@@ -444,8 +467,10 @@ def _torch_engines(pt: Path, device: str) -> tuple[Engine, Engine, DetectorInfo]
 
 
 def score_video(path: str | Path, detector: DeepfakeDetector, face_detector, *, detect_every: int = 1,
-                max_frames: int | None = None, window_stride: int | None = None) -> ClipScores:
-    """Detect and track faces through a video file (YuNet or any FaceDetector) and score every track."""
+                max_frames: int | None = None, window_stride: int | None = None,
+                progress: Callable[[int], None] | None = None) -> ClipScores:
+    """Detect and track faces through a video file (YuNet or any FaceDetector) and score every track.
+    ``progress(n)`` is called after each of the first n frames has been decoded and tracked."""
     from swapwatch.engines.media import iter_video
     from swapwatch.engines.tracking import FACE_SMOOTHING, FaceTracker, KeyframeTracker
 
@@ -456,7 +481,10 @@ def score_video(path: str | Path, detector: DeepfakeDetector, face_detector, *, 
         for frame in iter_video(path):
             if max_frames is not None and frame.index >= max_frames:
                 break
-            yield frame.image, tracker.process(frame.image, frame.time), frame.time
+            faces = tracker.process(frame.image, frame.time)
+            if progress is not None:
+                progress(frame.index + 1)
+            yield frame.image, faces, frame.time
 
     return detector.score_clip(frames(), window_stride=window_stride)
 

@@ -147,6 +147,13 @@ _SCRFD_CONTRACT = ("RGB 1x3xHxW float, (x-127.5)/128 (640x640 typical); 9 output
 _SIMSWAP_RELEASE = "https://github.com/neuralchen/SimSwap/releases/download"
 _SIMSWAP_LICENCE = "CC BY-NC 4.0 (SimSwap: non-commercial)"
 
+# DeepfakeBench (SCLBD/DeepfakeBench, LICENSE: CC BY-NC 4.0) publishes its trained detectors in release v1.0.1
+# without hashes. Read by swapwatch.export.deepfakebench; `swapwatch export deepfakebench` makes them a detector.
+_DEEPFAKEBENCH_RELEASE = "https://github.com/SCLBD/DeepfakeBench/releases/download/v1.0.1"
+_DEEPFAKEBENCH_LICENCE = "CC BY-NC 4.0 (DeepfakeBench: non-commercial)"
+_DEEPFAKEBENCH_INPUT = ("RGB 256x256, x/255 normalised with mean 0.5 and std 0.5, on DeepfakeBench's crop (5 dlib "
+                        "points onto the ArcFace template with a 1.3 margin); P(fake) = softmax(logits)[:, 1]")
+
 _ENTRIES: tuple[ModelEntry, ...] = (
     ModelEntry(
         name="mtcnn",
@@ -258,6 +265,31 @@ _ENTRIES: tuple[ModelEntry, ...] = (
                   "unpickler; input [N,3,112,112] ImageNet-normalised RGB; output [N,512]"),
         homepage="https://github.com/neuralchen/SimSwap",
         description="SimSwap's ArcFace identity encoder",
+        user_provided=True,
+    ),
+    ModelEntry(
+        name="deepfakebench-xception",
+        task="deepfake-detection",
+        files=(ModelFile("xception_best.pth", UrlSource(f"{_DEEPFAKEBENCH_RELEASE}/xception_best.pth")),),
+        licence=_DEEPFAKEBENCH_LICENCE,
+        contract=("state_dict of DeepfakeBench's XceptionDetector (keys 'backbone.*': Xception, last_linear "
+                  f"2048 -> 2, unused adjust_channel); {_DEEPFAKEBENCH_INPUT}"),
+        homepage="https://github.com/SCLBD/DeepfakeBench",
+        description=("DeepfakeBench's Xception frame detector (trained on FaceForensics++ c23); a frame scorer "
+                     "after `swapwatch export deepfakebench --arch xception`"),
+        user_provided=True,
+    ),
+    ModelEntry(
+        name="deepfakebench-effnb4",
+        task="deepfake-detection",
+        files=(ModelFile("effnb4_best.pth", UrlSource(f"{_DEEPFAKEBENCH_RELEASE}/effnb4_best.pth")),),
+        licence=_DEEPFAKEBENCH_LICENCE,
+        contract=("state_dict of DeepfakeBench's EfficientDetector (keys 'backbone.efficientnet.*' of "
+                  "efficientnet_pytorch's B4 with a plain stem conv, 'backbone.last_layer' 1792 -> 2); "
+                  f"{_DEEPFAKEBENCH_INPUT}; needs the efficientnet-pytorch package (swapwatch[detectors])"),
+        homepage="https://github.com/SCLBD/DeepfakeBench",
+        description=("DeepfakeBench's EfficientNet-B4 frame detector (trained on FaceForensics++ c23); a frame "
+                     "scorer after `swapwatch export deepfakebench --arch effnb4`"),
         user_provided=True,
     ),
     ModelEntry(

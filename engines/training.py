@@ -39,6 +39,7 @@ import numpy as np
 
 from swapwatch.engines.align import align_face, estimate_alignment
 from swapwatch.engines.deepfake import detector_template, sigmoid, to_input
+from swapwatch.engines.evaluation import roc_auc
 from swapwatch.engines.face import Face
 from swapwatch.engines.media import IMAGE_SUFFIXES
 from swapwatch.engines.sbi import SBIParams, SelfBlender, jpeg
@@ -118,6 +119,7 @@ class TrainConfig:
     scorer_size: int = 128
     scorer_widths: tuple[int, ...] = (16, 32, 64, 128)
     scorer_blocks: tuple[int, ...] = (1, 1, 1, 1)
+    scorer_highpass: bool = False
     face_scale: float = 0.75
     threshold: float = 0.5
     # data
@@ -723,24 +725,6 @@ def pack_windows(seqs: Sequence[np.ndarray], window: int) -> tuple[np.ndarray, n
 
 
 # --------------------------------------------------------------------------------------------------
-# Metrics
-# --------------------------------------------------------------------------------------------------
-
-
-def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
-    """Area under the ROC curve (Mann-Whitney U with tied ranks averaged); nan without both classes."""
-    from scipy.stats import rankdata
-
-    y = np.asarray(labels)
-    s = np.asarray(scores, dtype=np.float64)
-    pos, neg = int((y == 1).sum()), int((y == 0).sum())
-    if pos == 0 or neg == 0:
-        return float("nan")
-    ranks = rankdata(s)
-    return float((ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
-
-
-# --------------------------------------------------------------------------------------------------
 # The data a run trains and validates on
 # --------------------------------------------------------------------------------------------------
 
@@ -856,7 +840,8 @@ class DetectorTrainer:
         self.template = detector_template(config.scorer_size, config.face_scale)
         self.renderer = ClipRenderer(self.template)
         torch.manual_seed(config.seed)
-        scfg = ScorerConfig(config.scorer_size, config.scorer_widths, config.scorer_blocks)
+        scfg = ScorerConfig(config.scorer_size, config.scorer_widths, config.scorer_blocks,
+                            highpass=config.scorer_highpass)
         self.scorer = FrameScorer(scfg)
         self.head = TemporalHead(HeadConfig(feature_dim=scfg.feature_dim, window=config.window,
                                             residual=config.head_residual))

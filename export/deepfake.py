@@ -51,6 +51,11 @@ class ScorerConfig:
     widths: tuple[int, ...] = (16, 32, 64, 128)
     blocks: tuple[int, ...] = (1, 1, 1, 1)
     dropout: float = 0.2  # on the pooled features before the frame classifier (training only)
+    # Feed the stem the crop's high-frequency residual (pixels minus a 5x5 binomial blur, per channel) beside
+    # the pixels: blending seams and a sharpness mismatch between a pasted face and its frame live there,
+    # while most of what identifies a person (shape, colour) does not — a bias towards cues that transfer to
+    # people the scorer was not trained on.
+    highpass: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -112,12 +117,17 @@ class FrameScorer(nn.Module):
     # Fixed input normalisation inside the graph: 0..255 pixels to about [-2, 2].
     PIXEL_MEAN = 127.5
     PIXEL_SCALE = 1.0 / 64.0
+    HIGHPASS_GAIN = 8.0  # residuals are small: bring them to about the pixels' range
 
     def __init__(self, config: ScorerConfig = ScorerConfig()) -> None:
         super().__init__()
         self.config = config
         widths = config.widths
-        self.stem = nn.Sequential(_conv_bn(3, widths[0], 2), nn.ReLU(inplace=True))
+        if config.highpass:
+            k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
+            k = torch.outer(k, k) / 256.0
+            self.register_buffer("blur_kernel", k.expand(3, 1, 5, 5).clone(), persistent=False)
+        self.stem = nn.Sequential(_conv_bn(6 if config.highpass else 3, widths[0], 2), nn.ReLU(inplace=True))
         stages = []
         cin = widths[0]
         for i, (width, blocks) in enumerate(zip(widths, config.blocks)):
@@ -138,6 +148,10 @@ class FrameScorer(nn.Module):
 
     def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = (crops - self.PIXEL_MEAN) * self.PIXEL_SCALE
+        if self.config.highpass:
+            blurred = nn.functional.conv2d(nn.functional.pad(x, (2, 2, 2, 2), mode="replicate"),
+                                           self.blur_kernel, groups=3)
+            x = torch.cat([x, (x - blurred) * self.HIGHPASS_GAIN], dim=1)
         x = self.stages(self.stem(x))
         features = x.mean(dim=(2, 3))
         return features, self.classifier(self.dropout(features)).squeeze(1)

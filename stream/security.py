@@ -1,10 +1,10 @@
 """Access checks: the bearer token (PROTOCOL.md) and the Origin allow-list.
 
 The token is compared in constant time. Browsers cannot set headers on a websocket, so ``/ws/...`` also
-takes ``?token=``. The page itself (``GET /``) is public static content: the browser must be able to load
-it before it knows any token. The Origin check protects against cross-site websocket hijacking and
-cross-site offers: a browser always sends Origin there, so a request without one comes from a non-browser
-client, which the token (when set) guards.
+takes ``?token=``. The pages themselves (``GET /`` and ``GET /detect``) are public static content: the
+browser must be able to load them before it knows any token. The Origin check protects against cross-site
+websocket hijacking and cross-site offers and uploads: a browser always sends Origin there, so a request
+without one comes from a non-browser client, which the token (when set) guards.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 PUBLIC_PATHS = frozenset({"/"})
+PUBLIC_PAGES = frozenset({"/detect"})  # public for GET only (the page); POST /detect is an upload
 
 
 class AccessPolicy:
@@ -45,7 +46,8 @@ class AccessPolicy:
         @web.middleware
         async def check_token(request: web.Request,
                               handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-            if request.path not in PUBLIC_PATHS:
+            page = request.method in ("GET", "HEAD") and request.path in PUBLIC_PAGES
+            if request.path not in PUBLIC_PATHS and not page:
                 websocket = request.path.startswith("/ws/")
                 if not self.token_ok(request, allow_query=websocket):
                     return web.json_response({"error": "missing or wrong token (Authorization: Bearer TOKEN)"},

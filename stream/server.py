@@ -7,16 +7,24 @@
     POST /offer            SDP offer + mode/source/faces -> SDP answer + session id (one Session each)
     DELETE /sessions/{id}  close a session
     GET /ws/{id}           the session's websocket: hello, metrics, alerts, heartbeats, control
+    GET /detect            the offline detection page (public)
+    POST /detect           a video upload -> REAL/FAKE/NO_FACES report (as `swapwatch detect --json`)
 
 Signaling is stateless apart from the session registry; every model runs on the one inference worker
-thread; the event loop only moves frames and messages.
+thread; the event loop only moves frames and messages. Offline detection (POST /detect) is the exception:
+an uploaded video is analysed on a thread of its own, with its own copies of the models, so that it never
+holds up live sessions (at most ``max_detect_jobs`` at once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 import secrets
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -30,10 +38,11 @@ from aiortc import RTCConfiguration, RTCIceServer
 
 from swapwatch import __version__
 from swapwatch.config import Config
+from swapwatch.engines.deepfake import DeepfakeDetector
 from swapwatch.engines.face import FaceDetector
 from swapwatch.engines.media import decode_image
 from swapwatch.engines.swapper import Swapper
-from swapwatch.errors import InputError
+from swapwatch.errors import InputError, ModelError
 from swapwatch.stream.channel import SessionChannel
 from swapwatch.stream.metrics import PROMETHEUS_CONTENT_TYPE, ServerStats, SessionStats, render_prometheus
 from swapwatch.stream.offer import OfferError, OfferRequest, SessionSettings
@@ -53,12 +62,16 @@ ALLOWED_UPLOAD_TYPES = {"image/jpeg", "image/png", "image/webp", "image/bmp"}
 
 class SwapwatchServer:
     def __init__(self, config: Config, detector: FaceDetector, swapper: Swapper | None = None, *,
-                 monitor_factory: Callable[[], Any | None] = default_monitor_factory) -> None:
-        """``swapper`` None: built from ``config.server.model`` when the app starts (on the worker)."""
+                 monitor_factory: Callable[[], Any | None] | None = None,
+                 deepfake: DeepfakeDetector | None = None) -> None:
+        """``swapper`` None: built from ``config.server.model`` when the app starts (on the worker).
+        ``deepfake``: the loaded deepfake detector; each monitoring session gets a fork of it (shared models,
+        its own track windows). ``monitor_factory`` overrides how a session's monitor is made."""
         self.config = config
         self.detector = detector
         self.swapper = swapper
-        self.monitor_factory = monitor_factory
+        self.deepfake = deepfake
+        self.monitor_factory = monitor_factory or self._new_monitor
         self.sources = SourceStore()
         self.stats = ServerStats()
         sc = config.server
@@ -68,6 +81,9 @@ class SwapwatchServer:
         self.sessions: dict[str, Session] = {}
         self._negotiating = 0  # offers accepted for capacity but not registered yet
         self.started = time.time()
+        self._detecting = 0  # offline analyses running (POST /detect)
+        self._offline: tuple | None = None  # (deepfake detector, face detector, model) for /detect, made lazily
+        self._offline_lock = threading.Lock()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.server.max_upload_bytes + 64 * 1024,
@@ -77,6 +93,8 @@ class SwapwatchServer:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/sources", self.upload_source)
         app.router.add_post("/offer", self.offer)
+        app.router.add_get("/detect", self.detect_page)
+        app.router.add_post("/detect", self.detect)
         app.router.add_delete("/sessions/{session}", self.delete_session)
         app.router.add_get("/ws/{session}", self.websocket)
         app.on_startup.append(self._startup)
@@ -128,7 +146,9 @@ class SwapwatchServer:
             "sessions": len(self.sessions), "max_sessions": sc.max_sessions,
             "uptime_s": round(time.time() - self.started, 1), "sources": len(self.sources),
             "ice_servers": list(sc.ice_servers), "auth": sc.token is not None,
-            "recording": sc.record_dir is not None})
+            "max_detect_bytes": sc.max_detect_bytes,
+            "recording": sc.record_dir is not None,
+            "deepfake_model": self.config.deepfake.model if self.deepfake is not None else None})
 
     async def metrics(self, request: web.Request) -> web.Response:
         text = render_prometheus(self.stats, sessions=len(self.sessions), max_sessions=self.config.server.max_sessions,
@@ -168,6 +188,132 @@ class SwapwatchServer:
         log.info("source %s…: %dx%d, %d face(s)", item.id[:6], image.shape[1], image.shape[0], len(faces))
         return web.json_response({"id": item.id, "faces": len(faces), "face": face.to_json(),
                                   "size": [int(image.shape[1]), int(image.shape[0])]})
+
+    # ---- offline detection ----------------------------------------------------------------------------
+
+    async def detect_page(self, request: web.Request) -> web.Response:
+        page = resources.files("swapwatch.client").joinpath("static/detect.html").read_text()
+        return web.Response(text=page, content_type="text/html")
+
+    async def detect(self, request: web.Request) -> web.Response:
+        """A video (multipart field ``file``, or the raw body with ``?name=``) -> the JSON of ``swapwatch detect
+        --json``. Query: ``max_frames``, ``detect_every``. The upload lives in a temporary file only for the
+        request and is deleted afterwards, whatever happens."""
+        sc = self.config.server
+        if not self.access.origin_ok(request):
+            return _error(403, "origin not allowed")
+        limit = sc.max_detect_bytes
+        if request.content_length is not None and request.content_length > limit + 64 * 1024:
+            return _error(413, f"upload larger than {limit} bytes")
+        try:
+            options = _detect_options(request.query, sc.detect_max_frames)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        if self._detecting >= sc.max_detect_jobs:
+            return web.json_response({"error": f"busy: {self._detecting} video analysis(es) running; try again "
+                                               "later"}, status=503, headers={"Retry-After": "10"})
+        self._detecting += 1
+        held: list[Path] = []
+        handed_over = False
+        try:
+            got = await self._receive_video(request, limit, held)
+            if isinstance(got, web.Response):
+                return got
+            path, name = got
+            # The thread cannot be cancelled: it releases the slot and deletes the file when it ends.
+            job = asyncio.ensure_future(asyncio.to_thread(self._analyse_upload, path, name, options))
+            job.add_done_callback(lambda fut: self._detect_done(fut, path))
+            handed_over = True
+            try:
+                report = await asyncio.shield(job)
+            except InputError as exc:
+                return _error(400, str(exc).replace(str(path), name))
+            except ModelError as exc:
+                return _error(500, f"deepfake detector unavailable: {exc}")
+            except Exception as exc:  # reported to the client, logged with its traceback
+                log.exception("analysis of upload %r failed", name)
+                return _error(500, f"analysis failed ({exc.__class__.__name__})")
+            return web.json_response(report)
+        finally:
+            if not handed_over:
+                self._detect_done(None, held[0] if held else None)
+
+    async def _receive_video(self, request: web.Request, limit: int, held: list[Path]):
+        """Stream the upload into a new temporary file (its path appended to ``held`` at once): (path, name),
+        or an error response."""
+        if request.content_type.startswith("multipart/"):
+            try:
+                reader = await request.multipart()
+                part = await reader.next()
+                while part is not None and part.name != "file":
+                    part = await reader.next()
+            except (AssertionError, ValueError, KeyError):
+                return _error(400, "malformed multipart/form-data upload")
+            if part is None:
+                return _error(400, "missing multipart field 'file'")
+            name, read = part.filename or "upload", part.read_chunk
+        else:
+            name, read = request.query.get("name") or "upload", request.content.read
+        name = _safe_name(name)
+        suffix = Path(name).suffix.lower()
+        fd, tmp = tempfile.mkstemp(prefix="swapwatch-detect-", suffix=suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix)
+                                   else "", dir=self.config.server.detect_tmp_dir)
+        held.append(Path(tmp))
+        size = 0
+        with os.fdopen(fd, "wb") as fh:
+            while chunk := await read(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    return _error(413, f"upload larger than {limit} bytes")
+                fh.write(chunk)
+        if size == 0:
+            return _error(400, f"{name}: the upload is empty")
+        return Path(tmp), name
+
+    def _analyse_upload(self, path: Path, name: str, options: dict) -> dict:
+        """On an analysis thread: probe (a non-video fails before any model runs), then detect."""
+        from swapwatch.engines.media import is_image_file, probe_video
+        from swapwatch.engines.verdict import detect_video
+
+        if is_image_file(path):
+            raise InputError(f"{name}: is a still image, not a video")
+        probe_video(path)
+        deepfake, faces, model = self._offline_models()
+        report = detect_video(path, detector=deepfake, face_detector=faces, model_path=model, name=name, **options)
+        doc = report.to_json()
+        if doc["model"].get("path"):  # the model's folder name, not where it lives on the server
+            doc["model"]["path"] = Path(doc["model"]["path"]).name
+        log.info("detect %s: %s (score %s), %d frames, %d track(s) in %.1f s", name, report.verdict,
+                 doc["score"], report.video["frames"], len(report.tracks), report.timings["analysis_s"])
+        return doc
+
+    def _offline_models(self) -> tuple:
+        """The deepfake detector (``config.deepfake.model``, the default one when live detection is off) and a
+        face detector of the live one's kind, loaded on first use: copies of their own, because an engine
+        (a TensorRT context above all) must not run on two threads at once, and the live ones belong to
+        the inference worker."""
+        with self._offline_lock:
+            if self._offline is None:
+                from dataclasses import replace
+
+                from swapwatch.engines.detectors import create_detector
+
+                dc = self.config.deepfake
+                model = dc.model or "default"
+                deepfake = DeepfakeDetector.load(model, backend=dc.backend, device=dc.device)
+                faces = create_detector(replace(self.config.detector, name=self.detector.name))
+                self._offline = (deepfake, faces, model)
+            return self._offline
+
+    def _detect_done(self, job: asyncio.Future | None, path: Path | None) -> None:
+        self._detecting -= 1
+        if path is not None:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        if job is not None and not job.cancelled():
+            job.exception()  # retrieved here too, in case the handler is gone
 
     # ---- sessions -------------------------------------------------------------------------------------
 
@@ -232,6 +378,13 @@ class SwapwatchServer:
                        config=self.config.server, stats=SessionStats(self.stats),
                        rtc_config=self.rtc_configuration(), recorder=recorder, on_closed=self._closed)
 
+    def _new_monitor(self) -> Any | None:
+        if self.deepfake is None:
+            return default_monitor_factory()
+        from swapwatch.engines.monitor import FrameMonitor
+
+        return FrameMonitor(detector=self.deepfake.fork())
+
     def _new_processor(self, settings: SessionSettings, source: SourceFace | None) -> FrameProcessor:
         return FrameProcessor(self.detector, self.swapper, settings, source, tracking=self.config.tracking,
                               monitor_factory=self.monitor_factory)
@@ -261,3 +414,26 @@ class SwapwatchServer:
 
 def _error(status: int, reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=status)
+
+
+def _safe_name(name: str) -> str:
+    """An uploaded file's base name, for messages and the report (never used as a path)."""
+    base = re.split(r"[\\/]", name)[-1]
+    return "".join(c for c in base if c.isprintable())[:120] or "upload"
+
+
+def _detect_options(query, cap: int | None) -> dict:
+    """``max_frames`` and ``detect_every`` from the query (ValueError with a reason), the server's cap applied."""
+    out: dict = {}
+    for key, low, high in (("max_frames", 1, None), ("detect_every", 1, 30)):
+        if key in query:
+            try:
+                value = int(query[key])
+            except ValueError:
+                raise ValueError(f"{key} must be an integer") from None
+            if value < low or (high is not None and value > high):
+                raise ValueError(f"{key} must be between {low} and {high}" if high else f"{key} must be >= {low}")
+            out[key] = value
+    if cap is not None:
+        out["max_frames"] = min(out.get("max_frames", cap), cap)
+    return out

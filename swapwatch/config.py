@@ -57,8 +57,18 @@ class ServerConfig:
     heartbeat_interval: float = 2.0
     max_message_bytes: int = 16 * 1024
     max_offer_bytes: int = 256 * 1024
+    # Offline detection (POST /detect): the upload goes to a temporary file (in detect_tmp_dir, default the
+    # system's) that is deleted when the answer is sent; at most max_detect_jobs analyses at once (more get
+    # 503); detect_max_frames caps the frames analysed per upload (None: the whole video).
+    max_detect_bytes: int = 200 * 1024 * 1024
+    max_detect_jobs: int = 1
+    detect_max_frames: int | None = None
+    detect_tmp_dir: str | None = None
 
     def __post_init__(self) -> None:
+        if self.max_detect_bytes < 1 or self.max_detect_jobs < 1 or (
+                self.detect_max_frames is not None and self.detect_max_frames < 1):
+            raise ValueError("max_detect_bytes, max_detect_jobs and detect_max_frames must be at least 1")
         if self.max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
         for name in ("idle_timeout", "connect_timeout", "frame_deadline", "metrics_interval", "heartbeat_interval"):
@@ -71,7 +81,26 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class DeepfakeConfig:
+    """The sliding-window deepfake detector in live monitoring (serve's monitor/both sessions, `monitor`)."""
+
+    model: str | None = "default"  # "default": the committed model; a folder; None: no model alerts
+    backend: str = "auto"
+    device: str = "auto"
+    # The scorer runs on every feature_stride-th frame of a face track and the temporal head after every
+    # score_stride-th new feature: at 30 fps, 2 and 5 give a window of 40 frames (1.3 s) and a score every
+    # 0.33 s, for a fraction of the per-frame cost (BENCHMARKS.md, "Deepfake detector, live cost").
+    feature_stride: int = 2
+    score_stride: int = 5
+
+    def __post_init__(self) -> None:
+        if self.feature_stride < 1 or self.score_stride < 1:
+            raise ValueError("feature_stride and score_stride must be at least 1")
+
+
+@dataclass(frozen=True)
 class Config:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    deepfake: DeepfakeConfig = field(default_factory=DeepfakeConfig)

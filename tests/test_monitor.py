@@ -349,6 +349,16 @@ def test_command_on_clean_clip_prints_only_a_summary(capsys, clip):
     assert summary["frames"] == 75 and summary["watermarked_frames"] == 0 and summary["tracks"] >= 1
 
 
+def test_command_runs_the_default_deepfake_model_unless_switched_off(capsys, clip):
+    """The committed detector is loaded by default (its scores drive model alerts); 'off' leaves only the
+    watermark check. Which alerts the weak default model raises is not asserted here (see test_deepfake)."""
+    rc, lines = run_monitor(capsys, str(clip), "--json", "--duration", "1.5", "--deepfake-stride", "1",
+                            "--deepfake-score-every", "2")
+    assert rc == 0 and lines[-1]["deepfake_model"] == "default"
+    rc, lines = run_monitor(capsys, str(clip), "--json", "--duration", "1.5", "--deepfake-model", "off")
+    assert rc == 0 and lines[-1]["deepfake_model"] is None
+
+
 def test_command_on_watermarked_clip_prints_events_and_summary(capsys, watermarked_clip):
     rc, lines = run_monitor(capsys, str(watermarked_clip), "--json", "--every", "3")
     assert rc == 0
@@ -455,8 +465,9 @@ def test_command_on_a_live_udp_stream(capsys, watermarked_clip):
     assert [m["event"] for m in lines if m["type"] == "alert" and m["event"] != "update"] == ["start", "end"]
 
 
-@pytest.mark.parametrize("case", ["missing", "not_video", "bad_scheme", "refused", "silent", "bad_every"])
-def test_bad_input_gives_one_line_error(case, tmp_path, capsys):
+@pytest.mark.parametrize("case", ["missing", "not_video", "bad_scheme", "refused", "silent", "bad_every",
+                                  "bad_model", "bad_stride"])
+def test_bad_input_gives_one_line_error(case, tmp_path, capsys, clip):
     from swapwatch.cli import main
 
     listener = None
@@ -476,6 +487,12 @@ def test_bad_input_gives_one_line_error(case, tmp_path, capsys):
         listener.listen(1)
         source, needle = f"http://127.0.0.1:{listener.getsockname()[1]}/live.ts", "no answer within 1 s"
         args = ["--timeout", "1"]
+    elif case == "bad_model":
+        source, needle = str(clip), "deepfake detector folder not found"
+        args = ["--deepfake-model", str(tmp_path / "no-model")]
+    elif case == "bad_stride":
+        source, needle = str(tmp_path / "nope.mp4"), "stride"
+        args = ["--deepfake-stride", "0"]
     else:
         source, needle = str(tmp_path / "nope.mp4"), "--every"
         args = ["--every", "0"]

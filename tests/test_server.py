@@ -14,10 +14,11 @@ from swapwatch.config import Config, ServerConfig
 from swapwatch.stream.server import SwapwatchServer
 
 
-def with_server(detector, scenario, *, max_upload_bytes: int = 2 * 1024 * 1024):
+def with_server(detector, scenario, *, max_upload_bytes: int = 2 * 1024 * 1024, server=None):
     async def main():
         config = Config(server=ServerConfig(max_upload_bytes=max_upload_bytes))
-        server = SwapwatchServer(config, detector)
+        nonlocal server
+        server = server or SwapwatchServer(config, detector)
         async with TestServer(server.app(), host="127.0.0.1") as ts:
             async with aiohttp.ClientSession(base_url=str(ts.make_url("/"))) as http:
                 return await scenario(http, server)
@@ -220,3 +221,36 @@ def test_session_settings_validation():
             SessionSettings(**kwargs)
     with pytest.raises(OfferError, match="larger"):
         OfferRequest.parse(b"x" * 100, max_bytes=10)
+
+
+def test_monitor_sessions_get_their_own_deepfake_windows(detector, clips):
+    """With a deepfake detector, each monitor session's FrameMonitor scores faces with a fork of it: the
+    same loaded models, separate per-track windows; /health names the model."""
+    import av
+
+    from swapwatch.config import DeepfakeConfig
+    from swapwatch.engines.deepfake import create_deepfake_detector
+    from swapwatch.stream.offer import SessionSettings
+
+    config = Config(deepfake=DeepfakeConfig(feature_stride=1, score_stride=2))
+    deepfake = create_deepfake_detector(config.deepfake)
+    server = SwapwatchServer(config, detector, deepfake=deepfake)
+    first = server._new_processor(SessionSettings(mode="monitor"), None)
+    second = server._new_processor(SessionSettings(mode="monitor"), None)
+    a, b = first.monitor.detector, second.monitor.detector
+    assert a is not b and a is not deepfake and a.scorer is deepfake.scorer and a.head is deepfake.head
+    with av.open(str(next(c for c in clips if c.name.startswith("grid_")))) as c:
+        frames = [f for _, f in zip(range(deepfake.window + 4), c.decode(video=0))]
+    scores = []
+    for i, frame in enumerate(frames):
+        first.finish(first.prepare(frame, i / 25))
+        scores.append(dict(first.monitor.state.model_scores))
+    assert not any(scores[:deepfake.window - 1])  # a track is scored once its window is full
+    assert any(scores[deepfake.window - 1:]) and all(0 <= p <= 1 for s in scores for p in s.values())
+    assert b.latest(next(iter(scores[-1] or {0: 0}))) is None  # the other session's windows are untouched
+
+    async def scenario(http, server):
+        async with http.get("/health") as r:
+            assert (await r.json())["deepfake_model"] == "default"
+
+    with_server(detector, scenario, server=server)

@@ -11,6 +11,7 @@ import abc
 import argparse
 import time
 from pathlib import Path
+from typing import ClassVar
 
 DEFAULT_ATOL = 1e-4
 
@@ -228,8 +229,63 @@ class ArcFaceTarget(_CheckedGraphTarget):
         return max_abs_error(normed(reference), normed(candidate))
 
 
+class DeepfakeBenchTarget(ExportTarget):
+    name = "deepfakebench"
+    help = ("A released DeepfakeBench detector (xception_best.pth, effnb4_best.pth) to a detector folder for "
+            "detect/monitor/serve: scorer.onnx (256x256 crops -> features, fake logit), head.onnx (mean frame "
+            "probability over the window) and detector.json. CC BY-NC 4.0 weights.")
+
+    # The defaults of swapwatch.export.deepfakebench, repeated so that building the parser imports no torch
+    # (tests/test_deepfakebench.py checks that they agree).
+    archs: ClassVar[tuple[str, ...]] = ("effnb4", "xception")
+    defaults: ClassVar[dict[str, float]] = {"window": 20, "threshold": 0.5, "resolution": 256, "face_scale": 1.0 / 1.3}
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        d = self.defaults
+        parser.add_argument("--arch", choices=self.archs, default=None,
+                            help="which detector (default: read from the checkpoint's keys; needed without "
+                                 "--checkpoint)")
+        parser.add_argument("--checkpoint", type=Path, default=None,
+                            help="the released state_dict (default: the registry's deepfakebench-ARCH file in "
+                                 "the model cache, fetched from DeepfakeBench's v1.0.1 release if missing)")
+        parser.add_argument("--window", type=int, default=d["window"],
+                            help="frames per window; the window score is their mean probability "
+                                 "(default: %(default)s)")
+        parser.add_argument("--threshold", type=float, default=d["threshold"],
+                            help="window probability above which a face is called fake (default: %(default)s)")
+        parser.add_argument("--resolution", type=int, default=d["resolution"],
+                            help="crop size fed to the network (DeepfakeBench trains at %(default)s)")
+        parser.add_argument("--face-scale", type=float, default=d["face_scale"],
+                            help="face size in the crop relative to the ArcFace layout (default 1/1.3, "
+                                 "DeepfakeBench's margin)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from swapwatch.errors import InputError
+        from swapwatch.export.deepfakebench import ARCHS, export_deepfakebench
+
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            if args.arch is None:
+                raise InputError("give --checkpoint FILE or --arch (to use the registry's deepfakebench-ARCH file)")
+            from swapwatch.engines.registry import ensure_model
+
+            arch = ARCHS[args.arch]
+            checkpoint = ensure_model(arch.registry)[arch.filename]
+        elif not checkpoint.is_file():
+            raise InputError(f"checkpoint not found: {checkpoint}")
+        start = time.perf_counter()
+        info = export_deepfakebench(checkpoint, args.output_dir, arch=args.arch, window=args.window,
+                                    threshold=args.threshold, resolution=args.resolution,
+                                    face_scale=args.face_scale, atol=args.atol, opset=args.opset)
+        parity = info.extra["parity_max_abs_error"]
+        print(f"deepfakebench-{info.extra['arch']}: scorer max abs error {parity['scorer']:.2e}, head "
+              f"{parity['head']:.2e} vs PyTorch (atol {args.atol:.0e}; {time.perf_counter() - start:.1f} s) -> "
+              f"{args.output_dir} (load it with --model {args.output_dir}; licence {info.extra['licence']})")
+        return 0
+
+
 # Targets in the order `swapwatch export --help` lists them.
-TARGETS: tuple[ExportTarget, ...] = (MTCNNTarget(), SimSwapTarget(), ArcFaceTarget())
+TARGETS: tuple[ExportTarget, ...] = (MTCNNTarget(), SimSwapTarget(), ArcFaceTarget(), DeepfakeBenchTarget())
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from swapwatch.commands.options import add_deepfake_options, deepfake_config
 from swapwatch.errors import InputError
 
 if TYPE_CHECKING:
@@ -41,11 +42,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds of video")
     p.add_argument("--draw", metavar="OUT", help="write the video with the monitor's status overlay "
                    "(.mp4, .mkv, .mov or .webm)")
+    add_deepfake_options(p)
     return p
 
 
 def run(args: argparse.Namespace, *, deepfake: DeepfakeScorer | None = None) -> int:
-    """Run the command; ``deepfake`` is the per-face deepfake scorer (none until a trained model exists)."""
+    """Run the command; ``deepfake`` replaces the scorer that ``--deepfake-model`` names (tests)."""
     from swapwatch.config import DetectorConfig
     from swapwatch.engines.detectors import create_detector
     from swapwatch.engines.monitor import FrameMonitor, MonitorConfig, MonitorOverlay
@@ -58,6 +60,7 @@ def run(args: argparse.Namespace, *, deepfake: DeepfakeScorer | None = None) -> 
         raise InputError("--timeout and --duration must be positive")
     if args.draw and Path(args.draw).suffix.lower() not in (".mp4", ".mkv", ".mov", ".webm"):
         raise InputError("--draw needs a .mp4, .mkv, .mov or .webm file name")
+    deepfake_settings = deepfake_config(args, backend=args.backend)
     # Open the input before loading models, so a bad source fails fast.
     source = VideoSource(args.source, IngestConfig(timeout=args.timeout, realtime=args.realtime))
     forwarder = None
@@ -65,6 +68,10 @@ def run(args: argparse.Namespace, *, deepfake: DeepfakeScorer | None = None) -> 
     try:
         detector = create_detector(DetectorConfig(name=args.detector, backend=args.backend))
         tracker = KeyframeTracker(detector, FaceTracker(smoothing=FACE_SMOOTHING), k=args.every)
+        if deepfake is None and deepfake_settings.model is not None:
+            from swapwatch.engines.deepfake import create_deepfake_detector
+
+            deepfake = create_deepfake_detector(deepfake_settings)
         monitor = FrameMonitor(MonitorConfig(watermark_every=args.watermark_every), detector=deepfake)
         if args.ws:
             forwarder = WebsocketForwarder(args.ws, token=args.ws_token)
@@ -100,6 +107,7 @@ def run(args: argparse.Namespace, *, deepfake: DeepfakeScorer | None = None) -> 
             "watermark_checks": st.watermark_checks, "watermarked_frames": st.watermarked_frames,
             "tracks": len(tracks), "duration_s": round(last_t, 3), "wall_s": round(wall, 3),
             "fps": round(st.frames / wall, 2) if wall > 0 else 0.0, "live": bool(source.live),
+            "deepfake_model": None if deepfake is None else (deepfake_settings.model or "custom"),
         })
         if stopped and stopped != "interrupted":
             raise InputError(stopped)

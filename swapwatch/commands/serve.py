@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from swapwatch.commands.options import add_deepfake_options, deepfake_config
+
 log = logging.getLogger("swapwatch.serve")
 
 
@@ -42,6 +44,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                         "without it nothing a user streams is written to disk")
     p.add_argument("--idle-timeout", type=float, default=ServerConfig.idle_timeout, metavar="S",
                    help=f"close a session after S seconds without frames (default: {ServerConfig.idle_timeout:g})")
+    add_deepfake_options(p)
     return p
 
 
@@ -49,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from swapwatch.config import Config, DetectorConfig, ServerConfig, TrackingConfig
+    from swapwatch.engines.deepfake import create_deepfake_detector
     from swapwatch.engines.detectors import create_detector
     from swapwatch.engines.swappers import create_swapper
     from swapwatch.errors import InputError, ModelError
@@ -65,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(str(exc)) from None
     detector_config = DetectorConfig(name=args.detector or DetectorConfig.name, backend=args.backend,
                                      device=args.device)
-    config = Config(detector=detector_config, tracking=tracking, server=server_config)
+    config = Config(detector=detector_config, tracking=tracking, server=server_config,
+                    deepfake=deepfake_config(args, backend=args.backend, device=args.device))
     try:
         detector = create_detector(config.detector)
     except ModelError as exc:
@@ -78,7 +83,11 @@ def run(args: argparse.Namespace) -> int:
              "" if swapper.learned else " (weight-free: no learned swapper installed)")
     if args.token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without --token: anyone who can reach it can start sessions", args.host)
-    server = SwapwatchServer(config, detector, swapper)
+    deepfake = create_deepfake_detector(config.deepfake)
+    log.info("deepfake detector: %s", "off (watermark alerts only)" if deepfake is None else
+             f"{config.deepfake.model} (scorer every {config.deepfake.feature_stride} frame(s) of a track, "
+             f"head every {config.deepfake.score_stride} score(s))")
+    server = SwapwatchServer(config, detector, swapper, deepfake=deepfake)
     print(f"swapwatch serving on http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
     web.run_app(server.app(), host=args.host, port=args.port, print=None)
     return 0

@@ -1,0 +1,133 @@
+"""`swapwatch detect`: offline deepfake detection of a video file (REAL, FAKE or NO_FACES)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from swapwatch.errors import InputError
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        name, help=help_text,
+        description=help_text + " Faces are found and tracked through the video, every face is scored over "
+        "sliding windows, and the video's score is its most suspicious face track's. A video without faces "
+        "gives NO_FACES, not a guess.")
+    p.add_argument("input", help="a video file (any format FFmpeg reads, GIF included)")
+    p.add_argument("--json", action="store_true",
+                   help='print only a JSON object: {"verdict", "score", "threshold", "windows", "tracks", '
+                        '"video", "model", "settings", "timings"}')
+    p.add_argument("--plot", metavar="OUT.png", help="write the score over time per face track as a PNG")
+    p.add_argument("--model", metavar="DIR", default="default",
+                   help="detector folder written by train-detector (default: the committed demonstration model; "
+                        "see its MODEL_CARD.md)")
+    p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"),
+                   help="inference backend for the face and deepfake detectors (default: best available)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--detector", choices=("mtcnn", "yunet", "scrfd"), default="yunet",
+                   help="face detector (default: yunet)")
+    p.add_argument("--detect-every", type=int, default=1, metavar="K",
+                   help="run the face detector every K frames, tracking in between (default: 1)")
+    p.add_argument("--max-frames", type=int, metavar="N", help="analyse only the first N frames")
+    p.add_argument("--window-stride", type=int, metavar="S",
+                   help="score a window every S frames of each face track (default: every frame)")
+    p.add_argument("--threshold", type=float, metavar="P",
+                   help="call the video FAKE when its score is at least P (default: the model's own)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from swapwatch.config import DetectorConfig
+    from swapwatch.engines.deepfake import DeepfakeDetector
+    from swapwatch.engines.detectors import create_detector
+    from swapwatch.engines.media import check_file, is_image_file, probe_video
+    from swapwatch.engines.verdict import detect_video, plot_report
+
+    if args.detect_every < 1:
+        raise InputError("--detect-every must be at least 1")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise InputError("--max-frames must be at least 1")
+    if args.window_stride is not None and args.window_stride < 1:
+        raise InputError("--window-stride must be at least 1")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise InputError("--threshold must lie in [0, 1]")
+    if args.plot:
+        plot = Path(args.plot)
+        if plot.suffix.lower() != ".png":
+            raise InputError(f"--plot writes a PNG: give a file name ending in .png, not {plot.name}")
+        if not plot.parent.is_dir():
+            raise InputError(f"cannot write plot {plot}: folder {plot.parent} does not exist")
+    # Check the input before loading any model, so a bad file fails fast.
+    path = check_file(args.input)
+    if is_image_file(path):
+        raise InputError(f"{path}: is a still image; detect analyses videos (any format FFmpeg reads)")
+    probe_video(path)
+
+    deepfake = DeepfakeDetector.load(args.model, backend=args.backend, device=args.device)
+    faces = create_detector(DetectorConfig(name=args.detector, backend=args.backend, device=args.device))
+    progress = _ProgressBar(path.name)
+    try:
+        report = detect_video(path, detector=deepfake, face_detector=faces, detect_every=args.detect_every,
+                              max_frames=args.max_frames, window_stride=args.window_stride,
+                              threshold=args.threshold, model_path=args.model, progress=progress)
+    finally:
+        progress.close()
+    if args.plot:
+        plot_report(report, args.plot)
+    model = report.model
+    warning = f"warning: {model['note']}" if model.get("demonstration") and model.get("note") else (
+        "warning: demonstration model; do not use its verdicts for real decisions" if model.get("demonstration")
+        else None)
+    if args.json:
+        print(json.dumps(report.to_json()), flush=True)
+        if warning:
+            print(warning, file=sys.stderr)
+    else:
+        _print_human(report, warning)
+    if args.plot:
+        print(f"plot: {args.plot}", file=sys.stderr)
+    return 0
+
+
+class _ProgressBar:
+    """A tqdm bar on stderr (shown only when stderr is a terminal), fed by detect_video's progress calls."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.bar = None
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="frame", desc=self.desc, disable=None, file=sys.stderr, leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _print_human(report, warning: str | None) -> None:
+    v, m = report.video, report.model
+    # rounded as in the JSON first, so the video's and its tracks' scores print alike
+    score = "no score" if report.score is None else f"score {round(report.score, 4):.3f}"
+    n_tracks = len(report.tracks)
+    duration = f"{v['duration']:.2f} s" if v.get("duration") is not None else "unknown length"
+    print(f"{v['name']}: {report.verdict} ({score}, threshold {report.threshold:.2f}) - {v['frames']} frames"
+          f"{' (first only)' if v.get('truncated') else ''}, {duration}, {n_tracks} face track(s), "
+          f"analysed in {report.timings['analysis_s']:.1f} s")
+    if report.verdict == "NO_FACES":
+        print("  no face was found in any analysed frame: no verdict on whether it is fake")
+    for t in report.tracks:
+        brief = "" if t["counted"] else " (brief track, not counted in the video's score)"
+        print(f"  track {t['track']}: {t['score']:.3f} {t['verdict']}, {t['frames']} frames, "
+              f"{t['first']:.2f}-{t['last']:.2f} s{brief}")
+    where = " (the committed default)" if m["default"] else (f" at {m['path']}" if m.get("path") else "")
+    sha = f", sha256 {m['sha256'][:12]}" if m.get("sha256") else ""
+    print(f"model: {m['name']}{where}{sha}")
+    if warning:
+        print(warning)

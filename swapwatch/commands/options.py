@@ -1,0 +1,33 @@
+"""Command-line options that several subcommands share, so they are spelled and checked the same way."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_deepfake_options(p: argparse.ArgumentParser) -> None:
+    """``--deepfake-model`` and the live strides (serve, monitor)."""
+    from swapwatch.config import DeepfakeConfig
+
+    g = p.add_argument_group("deepfake detector")
+    g.add_argument("--deepfake-model", default=DeepfakeConfig.model, metavar="DIR|default|off",
+                   help="sliding-window deepfake detector for model alerts: 'default' (the committed "
+                        "demonstration model: weak, see its MODEL_CARD.md), a folder written by "
+                        "train-detector or export, or 'off' (watermark alerts only)")
+    g.add_argument("--deepfake-stride", type=int, default=DeepfakeConfig.feature_stride, metavar="K",
+                   help="score every K-th frame of each face track")
+    g.add_argument("--deepfake-score-every", type=int, default=DeepfakeConfig.score_stride, metavar="S",
+                   help="run the temporal head after every S-th new frame score")
+
+
+def deepfake_config(args: argparse.Namespace, *, backend: str = "auto", device: str = "auto"):
+    """The DeepfakeConfig the options ask for (InputError on bad values)."""
+    from swapwatch.config import DeepfakeConfig
+    from swapwatch.errors import InputError
+
+    model = None if args.deepfake_model in ("off", "none") else args.deepfake_model
+    try:
+        return DeepfakeConfig(model=model, backend=backend, device=device, feature_stride=args.deepfake_stride,
+                              score_stride=args.deepfake_score_every)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None

@@ -1,0 +1,319 @@
+"""Offline deepfake detection: `swapwatch detect` and the server's POST /detect (issue 5, item 6).
+
+- the command on a real GRID clip: valid JSON in the documented schema, the score in [0, 1] and consistent with
+  the per-track and per-window scores and with `score_video` itself, a PNG plot that decodes, the model named
+  and, for the default model, the demonstration warning taken from its own files;
+- a video without faces: NO_FACES and a null score, never a guess;
+- bad input: one line on stderr and a non-zero exit, before any model is loaded;
+- the endpoint on loopback: an upload gives the same JSON as the command, too large -> 413, not a video ->
+  400 with the reason, busy -> 503, token and Origin checks, and the temporary file is always deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestServer
+from swapwatch.engines.deepfake import DEFAULT_MODEL_DIR
+
+from swapwatch.cli import main
+
+FRAMES = 40
+WINDOW_KEYS = {"track", "start", "end", "score"}
+TRACK_KEYS = {"track", "score", "verdict", "frames", "first", "last", "counted"}
+VIDEO_KEYS = {"name", "frames", "fps", "duration", "width", "height"}
+DEFAULT_INFO = json.loads((DEFAULT_MODEL_DIR / "detector.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def grid_clip(clips) -> Path:
+    grid = [c for c in clips if c.name.startswith("grid_") and c.suffix == ".mpg"]
+    if not grid:
+        pytest.skip("no grid_*.mpg clip in the shared assets")
+    return grid[0]
+
+
+@pytest.fixture(scope="module")
+def faceless_clip(tmp_path_factory) -> Path:
+    """30 frames of drifting colour gradients (no face anywhere), H.264 in MP4, made with PyAV."""
+    import av
+
+    path = tmp_path_factory.mktemp("faceless") / "no_faces.mp4"
+    h, w = 144, 176
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("libx264", rate=Fraction(25))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(30):
+            img = np.stack([(xx * 1.2 + i * 4) % 256, (yy * 1.5 + i * 2) % 256,
+                            np.full_like(xx, 60 + i * 3)], axis=-1).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "swapwatch", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def check_report(doc: dict, *, frames: int, name: str) -> None:
+    """The documented schema, and the numbers consistent with each other."""
+    assert doc["verdict"] in ("REAL", "FAKE", "NO_FACES")
+    assert doc["threshold"] == DEFAULT_INFO["threshold"]  # the model's own threshold, read from detector.json
+    assert VIDEO_KEYS <= set(doc["video"]) and doc["video"]["name"] == name and doc["video"]["frames"] == frames
+    model = doc["model"]
+    assert model["default"] is True and model["demonstration"] is True
+    assert "demonstration model" in model["note"].lower()
+    assert model["sha256"] == DEFAULT_INFO["sha256"]["detector.pt"]
+    assert doc["timings"]["analysis_s"] > 0
+    if doc["verdict"] == "NO_FACES":
+        assert doc["score"] is None and doc["windows"] == [] and doc["tracks"] == []
+        return
+    assert 0.0 <= doc["score"] <= 1.0
+    assert doc["verdict"] == ("FAKE" if doc["score"] >= doc["threshold"] else "REAL")
+    assert doc["tracks"] and doc["windows"]
+    duration = doc["video"]["duration"]
+    by_track: dict[int, list[float]] = {}
+    for w in doc["windows"]:
+        assert set(w) == WINDOW_KEYS
+        assert 0.0 <= w["start"] <= w["end"] <= duration and 0.0 <= w["score"] <= 1.0
+        by_track.setdefault(w["track"], []).append(w["score"])
+    assert set(by_track) == {t["track"] for t in doc["tracks"]}
+    for t in doc["tracks"]:
+        assert set(t) == TRACK_KEYS
+        assert 0 < t["frames"] <= frames and 0.0 <= t["first"] <= t["last"] <= duration
+        # a track's score is the mean of its windows' scores (rounded to 4 places in the JSON)
+        assert t["score"] == pytest.approx(np.mean(by_track[t["track"]]), abs=2e-4)
+        assert t["verdict"] == ("FAKE" if t["score"] >= doc["threshold"] else "REAL")
+    assert doc["score"] == max(t["score"] for t in doc["tracks"] if t["counted"])
+
+
+# ---- the command ----------------------------------------------------------------------------------------
+
+
+def test_detect_json_and_plot_on_a_real_clip(grid_clip, tmp_path):
+    plot = tmp_path / "scores.png"
+    result = run_cli("detect", str(grid_clip), "--json", "--max-frames", str(FRAMES), "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)  # stdout holds the JSON object and nothing else
+    check_report(doc, frames=FRAMES, name=grid_clip.name)
+    assert doc["verdict"] in ("REAL", "FAKE")  # one speaker, always in view
+    assert len(doc["tracks"]) == 1 and doc["tracks"][0]["frames"] == FRAMES
+    assert len(doc["windows"]) == FRAMES  # a window per frame by default
+    # the demonstration warning, from the model card, on stderr (stdout stays pure JSON)
+    assert "warning:" in result.stderr and "demonstration model" in result.stderr
+    image = cv2.imread(str(plot))
+    assert image is not None and image.shape[0] > 200 and image.shape[1] > 400
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_report_matches_score_video(grid_clip, detector):
+    """detect_video adds nothing to the detector's numbers: same tracks, windows and score as score_video."""
+    from swapwatch.engines.deepfake import DeepfakeDetector, score_video
+    from swapwatch.engines.verdict import detect_video
+
+    deepfake = DeepfakeDetector.load()
+    clip = score_video(grid_clip, deepfake, detector, max_frames=25)
+    report = detect_video(grid_clip, detector=deepfake, face_detector=detector, max_frames=25)
+    assert report.verdict == clip.verdict and report.score == clip.score
+    (tid, ts), = clip.tracks.items()
+    assert [w["end"] for w in report.windows] == [round(t, 3) for t in ts.window_times]
+    assert [w["score"] for w in report.windows] == [round(p, 4) for p in ts.window_probs]
+    assert report.tracks[0]["track"] == tid and report.tracks[0]["frames"] == len(ts.frame_probs) == 25
+    # windows span at most W frames, ending on the frame they are scored at
+    starts = [w["start"] for w in report.windows]
+    assert starts[:deepfake.window] == [0.0] * deepfake.window and starts[deepfake.window] > 0
+
+
+def test_detect_human_output_and_threshold(grid_clip, capsys):
+    assert main(["detect", str(grid_clip), "--max-frames", "20", "--threshold", "0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # every score is >= 0, so a threshold of 0 makes the video and its track FAKE
+    assert out[0].startswith(f"{grid_clip.name}: FAKE (score ") and "threshold 0.00" in out[0]
+    assert out[1].lstrip().startswith("track ") and " FAKE, 20 frames" in out[1]
+    assert out[2].startswith("model: default (the committed default), sha256 ")
+    assert out[3].startswith("warning: ") and "demonstration model" in out[3]
+
+
+def test_video_without_faces_is_no_faces(faceless_clip, tmp_path):
+    plot = tmp_path / "none.png"
+    result = run_cli("detect", str(faceless_clip), "--json", "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    check_report(doc, frames=30, name=faceless_clip.name)
+    assert doc["verdict"] == "NO_FACES" and doc["score"] is None
+    assert cv2.imread(str(plot)) is not None
+
+
+def test_no_faces_human_output(faceless_clip, capsys):
+    assert main(["detect", str(faceless_clip)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{faceless_clip.name}: NO_FACES (no score,") and "no face was found" in out
+
+
+def _make_audio_only(path: Path) -> None:
+    import av
+
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("missing", "no such file"), ("text", "not a readable"), ("photo", "still image"),
+    ("audio", "no video stream"), ("plot_jpg", "ending in .png"), ("plot_folder", "does not exist"),
+    ("threshold", "--threshold"), ("max_frames", "--max-frames"),
+])
+def test_bad_input_is_one_line_error(case, needle, tmp_path, face_photos, grid_clip, capsys):
+    args = [str(grid_clip)]
+    if case == "missing":
+        args = [str(tmp_path / "nope.mp4")]
+    elif case == "text":
+        (tmp_path / "notes.mp4").write_text("not a video\n")
+        args = [str(tmp_path / "notes.mp4")]
+    elif case == "photo":
+        args = [str(face_photos[0])]
+    elif case == "audio":
+        _make_audio_only(tmp_path / "sound.wav")
+        args = [str(tmp_path / "sound.wav")]
+    elif case == "plot_jpg":
+        args += ["--plot", str(tmp_path / "plot.jpg")]
+    elif case == "plot_folder":
+        args += ["--plot", str(tmp_path / "no" / "plot.png")]
+    elif case == "threshold":
+        args += ["--threshold", "1.5"]
+    else:
+        args += ["--max-frames", "0"]
+    code = main(["detect", *args])
+    captured = capsys.readouterr()
+    assert code != 0 and captured.out == ""
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("swapwatch detect: error:") and needle in lines[0], lines
+
+
+def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
+    bad = tmp_path / "clip.mp4"
+    bad.write_bytes(b"\x00\x01garbage" * 200)
+    result = run_cli("detect", str(bad), "--json")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+# ---- the endpoint ---------------------------------------------------------------------------------------
+
+
+def with_server(detector, scenario, **server_options):
+    from swapwatch.stream.server import SwapwatchServer
+
+    from swapwatch.config import Config, ServerConfig
+
+    async def main_():
+        server = SwapwatchServer(Config(server=ServerConfig(**server_options)), detector)
+        async with TestServer(server.app(), host="127.0.0.1") as ts, \
+                aiohttp.ClientSession(base_url=str(ts.make_url("/"))) as http:
+            return await scenario(http, server)
+
+    return asyncio.run(main_())
+
+
+def video_form(data: bytes, filename: str, content_type: str = "video/mpeg") -> aiohttp.FormData:
+    fd = aiohttp.FormData()
+    fd.add_field("file", data, filename=filename, content_type=content_type)
+    return fd
+
+
+def test_endpoint_upload_and_rejections(detector, grid_clip, face_photos, tmp_path):
+    from swapwatch.engines.deepfake import DeepfakeDetector
+    from swapwatch.engines.verdict import detect_video
+
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    data = grid_clip.read_bytes()
+    expected = detect_video(grid_clip, detector=DeepfakeDetector.load(), face_detector=detector,
+                            max_frames=30).to_json()
+
+    async def scenario(http, server):
+        async with http.get("/health") as r:
+            assert (await r.json())["max_detect_bytes"] == len(data) + 1024
+        # a good upload (multipart): the command's JSON, same numbers
+        async with http.post("/detect?max_frames=30", data=video_form(data, grid_clip.name)) as r:
+            assert r.status == 200, await r.text()
+            doc = await r.json()
+        check_report(doc, frames=30, name=grid_clip.name)
+        for key in ("verdict", "score", "threshold", "windows", "tracks"):
+            assert doc[key] == expected[key], key
+        assert doc["model"]["path"] == DEFAULT_MODEL_DIR.name  # no server paths in the answer
+        assert list(uploads.iterdir()) == []
+        # the raw body works too
+        async with http.post("/detect?max_frames=5&name=clip.mpg", data=data,
+                             headers={"Content-Type": "application/octet-stream"}) as r:
+            assert r.status == 200, await r.text()
+            assert (await r.json())["video"]["name"] == "clip.mpg"
+        # rejections, each with a reason, nothing left behind
+        other_field = aiohttp.FormData()
+        other_field.add_field("video", data[:1000], filename="a.mpg", content_type="video/mpeg")
+        cases = [
+            (413, "larger than", {"data": video_form(data + b"\0" * 200_000, "big.mpg")}),
+            (400, "notes.mp4: not a readable", {"data": video_form(b"just some text\n" * 100, "notes.mp4")}),
+            (400, "still image", {"data": video_form(face_photos[0].read_bytes(), "face.jpg", "image/jpeg")}),
+            (400, "empty", {"data": video_form(b"", "empty.mp4")}),
+            (400, "missing multipart field 'file'", {"data": other_field}),
+        ]
+        for status, reason, kwargs in cases:
+            async with http.post("/detect", **kwargs) as r:
+                body = await r.json()
+                assert r.status == status and reason in body["error"], (status, body)
+                assert "swapwatch-detect-" not in body["error"]  # the temporary file's name never leaks
+            assert list(uploads.iterdir()) == []
+        async with http.post("/detect?max_frames=abc", data=video_form(data, "x.mpg")) as r:
+            assert r.status == 400 and "max_frames" in (await r.json())["error"]
+        # one analysis at a time: a second upload while one runs gets 503
+        first = asyncio.create_task(http.post("/detect?max_frames=60", data=video_form(data, "a.mpg")))
+        for _ in range(200):
+            if server._detecting:
+                break
+            await asyncio.sleep(0.01)
+        async with http.post("/detect", data=video_form(data, "b.mpg")) as r:
+            assert r.status == 503 and "busy" in (await r.json())["error"]
+            assert r.headers.get("Retry-After")
+        r1 = await first
+        assert r1.status == 200, await r1.text()
+        r1.release()
+        assert server._detecting == 0 and list(uploads.iterdir()) == []
+
+    with_server(detector, scenario, max_detect_bytes=len(data) + 1024, detect_tmp_dir=str(uploads))
+
+
+def test_endpoint_token_origin_and_page(detector, grid_clip):
+    async def scenario(http, server):
+        async with http.get("/detect") as r:  # the page is public, like GET /
+            assert r.status == 200 and "<title>swapwatch · detect</title>" in await r.text()
+        async with http.post("/detect", data=video_form(b"x", "a.mpg")) as r:
+            assert r.status == 401
+        auth = {"Authorization": "Bearer s3cret"}
+        async with http.post("/detect", data=video_form(b"x", "a.mpg"),
+                             headers={**auth, "Origin": "https://evil.example"}) as r:
+            assert r.status == 403
+        async with http.post("/detect", data=video_form(b"x", "a.mpg"),
+                             headers={**auth, "Origin": "https://ok.example"}) as r:
+            assert r.status == 400  # through the checks, then refused as not a video
+        assert server._offline is None  # nothing was analysed, so no model was loaded
+
+    with_server(detector, scenario, token="s3cret", allowed_origins=("https://ok.example",))
