@@ -120,6 +120,7 @@ class TrainConfig:
     scorer_widths: tuple[int, ...] = (16, 32, 64, 128)
     scorer_blocks: tuple[int, ...] = (1, 1, 1, 1)
     scorer_highpass: bool = False
+    scorer_aux_map: float = 0.0  # weight of the altered-region map loss (0: no map head)
     face_scale: float = 0.75
     threshold: float = 0.5
     # data
@@ -826,6 +827,10 @@ class TrainResult:
     seconds: float
 
 
+# A mean absolute difference of this many grey levels over a map cell counts as fully altered.
+REGION_DIFF_LEVELS = 8.0
+
+
 class DetectorTrainer:
     def __init__(self, config: TrainConfig, data: TrainingData, *, echo: Callable[[str], None] = print) -> None:
         import torch
@@ -841,7 +846,7 @@ class DetectorTrainer:
         self.renderer = ClipRenderer(self.template)
         torch.manual_seed(config.seed)
         scfg = ScorerConfig(config.scorer_size, config.scorer_widths, config.scorer_blocks,
-                            highpass=config.scorer_highpass)
+                            highpass=config.scorer_highpass, aux_map=config.scorer_aux_map > 0)
         self.scorer = FrameScorer(scfg)
         self.head = TemporalHead(HeadConfig(feature_dim=scfg.feature_dim, window=config.window,
                                             residual=config.head_residual))
@@ -977,6 +982,21 @@ class DetectorTrainer:
         rank = F.softplus(pairs[:, 0] - pairs[:, 1]).mean()
         return cfg.bce_weight * bce + cfg.rank_weight * rank
 
+    @staticmethod
+    def _region_loss(region, crops: np.ndarray):
+        """BCE of the predicted altered-region map against where each fake differs from its real frame (the
+        pairs are rendered under one augmentation draw, so outside the manipulation they are equal up to
+        noise and compression), pooled to the map's size; zero maps for the real frames."""
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(crops.astype(np.float32)).view(-1, 2, *crops.shape[1:])  # (P, 2, S, S, 3)
+        diff = (x[:, 1] - x[:, 0]).abs().mean(dim=3, keepdim=True).permute(0, 3, 1, 2)  # (P, 1, S, S)
+        diff = F.adaptive_avg_pool2d(diff, region.shape[-2:])
+        target = (diff / REGION_DIFF_LEVELS).clamp(0.0, 1.0)
+        targets = torch.stack([torch.zeros_like(target), target], dim=1).view_as(region)
+        return F.binary_cross_entropy_with_logits(region, targets)
+
     def train_scorer_epoch(self, epoch: int) -> dict:
         import torch
         from tqdm import tqdm
@@ -998,8 +1018,10 @@ class DetectorTrainer:
                     future = pool.submit(self._pair_batch, epoch, k + 1)
                 for group in self.scorer_opt.param_groups:
                     group["lr"] = self._lr(cfg.lr, epoch * steps + k, total)
-                _, logits = self.scorer(torch.from_numpy(to_input(crops)))
+                _, logits, region = self.scorer.forward_train(torch.from_numpy(to_input(crops)))
                 loss = self._scorer_loss(logits, torch.from_numpy(labels))
+                if region is not None:
+                    loss = loss + cfg.scorer_aux_map * self._region_loss(region, crops)
                 self.scorer_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.scorer_opt.step()

@@ -56,6 +56,10 @@ class ScorerConfig:
     # while most of what identifies a person (shape, colour) does not — a bias towards cues that transfer to
     # people the scorer was not trained on.
     highpass: bool = False
+    # Training-only auxiliary output: a map of where the crop was altered, predicted from the second stage
+    # (1/4 resolution). Dense supervision (which pixels differ from the real frame) teaches far more per
+    # example than one label, the point of Face X-ray; the map is not part of the exported graph.
+    aux_map: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -138,6 +142,8 @@ class FrameScorer(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(cin, 1)
+        if config.aux_map:
+            self.aux = nn.Conv2d(widths[min(1, len(widths) - 1)], 1, 1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -147,14 +153,24 @@ class FrameScorer(nn.Module):
                 nn.init.zeros_(m.conv2[1].weight)
 
     def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features, logits, _ = self.forward_train(crops, with_map=False)
+        return features, logits
+
+    def forward_train(self, crops: torch.Tensor, *, with_map: bool = True):
+        """(features, logits, altered-region map logits (N, 1, S/4, S/4) or None)."""
         x = (crops - self.PIXEL_MEAN) * self.PIXEL_SCALE
         if self.config.highpass:
             blurred = nn.functional.conv2d(nn.functional.pad(x, (2, 2, 2, 2), mode="replicate"),
                                            self.blur_kernel, groups=3)
             x = torch.cat([x, (x - blurred) * self.HIGHPASS_GAIN], dim=1)
-        x = self.stages(self.stem(x))
+        x = self.stem(x)
+        region = None
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i == min(1, len(self.stages) - 1) and with_map and self.config.aux_map:
+                region = self.aux(x)
         features = x.mean(dim=(2, 3))
-        return features, self.classifier(self.dropout(features)).squeeze(1)
+        return features, self.classifier(self.dropout(features)).squeeze(1), region
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from swapwatch.engines.deepfake import (
 from swapwatch.engines.face import Face
 from swapwatch.export.deepfake import (
     DetectorModels, FrameScorer, HeadConfig, MaskedGRU, ScorerConfig, TemporalHead, export_head, export_scorer,
-    head_parity_inputs, load_checkpoint, scorer_parity_inputs,
+    head_parity_inputs, load_checkpoint, save_checkpoint, scorer_parity_inputs,
 )
 from swapwatch.export.onnx_export import check_parity, run_onnx
 
@@ -74,8 +74,9 @@ def _frame_and_faces(n_faces: int = 1, seed: int = 0, t: int = 0) -> tuple[np.nd
 # ---- export ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("config", [ScorerConfig(), ScorerConfig(64, (8, 16, 16, 16), (1, 1, 1, 1))],
-                         ids=["default-128", "tiny-64"])
+@pytest.mark.parametrize("config", [ScorerConfig(), ScorerConfig(64, (8, 16, 16, 16), (1, 1, 1, 1)),
+                                    ScorerConfig(64, (8, 16, 16, 16), (1, 1, 1, 1), highpass=True, aux_map=True)],
+                         ids=["default-128", "tiny-64", "highpass-map-64"])
 def test_scorer_export_parity(tmp_path, config):
     torch.manual_seed(1)
     models = _randomise(DetectorModels(FrameScorer(config), TemporalHead(HeadConfig(config.feature_dim))))
@@ -90,6 +91,42 @@ def test_head_export_parity_with_short_windows(tmp_path, residual):
     path = export_head(models.head, tmp_path / "head.onnx")
     report = check_parity(models.head, path, head_parity_inputs(models.head.config), atol=1e-4)
     assert report.worst <= 1e-4, report.summary()
+
+
+def test_highpass_input_and_training_only_region_map(tmp_path):
+    """The high-pass channels are the pixels minus a 5x5 binomial blur (a flat crop has none); the region map
+    comes out at 1/4 of the crop size in training only, and a checkpoint round-trips both options."""
+    torch.manual_seed(0)
+    config = ScorerConfig(64, (8, 16, 16, 16), (1, 1, 1, 1), highpass=True, aux_map=True)
+    scorer = FrameScorer(config).eval()
+    crops = torch.rand(3, 3, 64, 64) * 255
+    feats, logits, region = scorer.forward_train(crops)
+    assert feats.shape == (3, 16) and logits.shape == (3,) and region.shape == (3, 1, 16, 16)
+    f2, l2 = scorer(crops)
+    assert torch.equal(f2, feats) and torch.equal(l2, logits)
+    flat = torch.full((1, 3, 64, 64), 200.0)
+    x = (flat - scorer.PIXEL_MEAN) * scorer.PIXEL_SCALE
+    blurred = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate"),
+                                         scorer.blur_kernel, groups=3)
+    assert torch.allclose(blurred, x, atol=1e-6)  # the kernel sums to 1: no residual on a flat crop
+    assert "blur_kernel" not in scorer.state_dict() and "aux.weight" in scorer.state_dict()
+    path = save_checkpoint(DetectorModels(scorer, TemporalHead(HeadConfig(16))), tmp_path / "d.pt")
+    loaded = load_checkpoint(path).scorer
+    assert loaded.config == config and torch.equal(loaded(crops)[1], logits)
+
+
+def test_region_loss_targets_where_the_fake_differs():
+    from swapwatch.engines.training import DetectorTrainer
+
+    real = np.full((32, 32, 3), 100, np.uint8)
+    fake = real.copy()
+    fake[8:16, 8:16] = 160  # altered block
+    crops = np.stack([real, fake])
+    perfect = torch.full((2, 1, 4, 4), -20.0)
+    perfect[1, 0, 1, 1] = 20.0  # the pooled cell (8:16, 8:16)
+    wrong = perfect.clone()
+    wrong[1, 0, 1, 1] = -20.0
+    assert DetectorTrainer._region_loss(perfect, crops) < 1e-6 < DetectorTrainer._region_loss(wrong, crops)
 
 
 def test_masked_gru_is_a_gru():
