@@ -24,6 +24,7 @@ COMMANDS = {
     "eval-detector": "Evaluate the deepfake detector on a labelled video dataset: AUC, EER, calibration, time to alert.",
     "monitor": "Watch a video file or a live stream (RTSP, HTTP, UDP) for watermarks and deepfake alerts.",
     "join": "Join a swapwatch server's live session from a video file or a camera (headless WebRTC client).",
+    "bench": "Per-stage latency and frame rate of the live frame path, optionally against the plain loop.",
 }
 
 

@@ -1,0 +1,196 @@
+"""`swapwatch bench`: it runs, its JSON has the documented schema, its plot is a PNG, bad arguments are one-line
+errors, and the pipeline's swapped frame equals the baseline's where both detect on the same frame.
+
+No timing is asserted here: speed is what the benchmark measures (BENCHMARKS.md), not what unit tests check.
+"""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from swapwatch.cli import main
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["bench", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def check_side(side: dict) -> None:
+    assert isinstance(side["fps"], float) and side["fps"] > 0
+    stages = side["stages"]
+    for name in ("decode", "detect", "align", "swap", "paste", "encode", "upload", "download", "embed"):
+        assert name in stages, name
+    for name, stage in stages.items():
+        assert set(stage) >= {"p50_ms", "p95_ms"}, name
+        assert 0.0 <= stage["p50_ms"] <= stage["p95_ms"], (name, stage)
+
+
+def test_bench_compare_baseline_json_and_plot(shared_assets, tmp_path, capsys):
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    code, out, err = run_cli(capsys, "--compare-baseline", "--resolution", "320x240", "--frames", "6",
+                             "--warmup", "2", "--rounds", "2", "--detect-every", "5", "--json", str(out_json),
+                             "--plot", str(out_png))
+    assert code == 0, err
+    data = json.loads(out_json.read_text())
+    assert {"device", "pipeline", "baseline"} <= set(data)
+    assert data["device"]["cores"] >= 1 and "onnxruntime" in data["device"]["versions"]
+    assert data["device"]["backend"] == "auto" and data["device"]["precision"] == "fp32"
+    for side in ("pipeline", "baseline"):
+        check_side(data[side])
+        assert data[side]["frames"] == 6
+        assert data[side]["faces_swapped"] > 0
+    assert "deepfake" in data["pipeline"]["stages"] and "deepfake" in data["baseline"]["stages"]
+    assert "track" in data["pipeline"]["stages"] and "track" not in data["baseline"]["stages"]
+    assert data["baseline"]["detections_run"] == 6  # every frame
+    assert data["pipeline"]["detections_run"] < 6  # every 5th frame, flow in between
+    assert data["ratio"] == pytest.approx(data["pipeline"]["fps"] / data["baseline"]["fps"], rel=1e-2)
+    assert data["device"]["gpu"] is None or isinstance(data["device"]["gpu"], str)
+    # The report: header, a per-stage table for both sides, the ratio.
+    assert "device:" in out and "| stage | pipeline" in out and "baseline p50 / p95" in out
+    assert "pipeline / baseline frame rate:" in out
+    assert "weight-free" in out  # the swap model's weights are named in the header
+    image = cv2.imread(str(out_png))
+    assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_bench_sessions_faces_detector_off(shared_assets, tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    code, _, err = run_cli(capsys, "--resolution", "320x240", "--faces", "2", "--sessions", "2", "--frames", "3",
+                             "--warmup", "1", "--rounds", "1", "--detector", "off", "--detect-every", "1",
+                             "--json", str(out_json))
+    assert code == 0, err
+    data = json.loads(out_json.read_text())
+    assert data["baseline"] is None and data["ratio"] is None
+    check_side(data["pipeline"])
+    assert data["pipeline"]["frames"] == 6  # 3 per session
+    assert "deepfake" not in data["pipeline"]["stages"]
+    assert data["pipeline"]["faces_swapped"] > 0
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--resolution", "big"], "expected WxH"),
+    (["--resolution", "641x480"], "even width and height"),
+    (["--faces", "0"], "--faces must be at least 1"),
+    (["--sessions", "0"], "--sessions must be at least 1"),
+    (["--frames", "0"], "--frames must be at least 1"),
+    (["--input", "/nonexistent/clip.mp4"], "no such file"),
+    (["--plot", "chart.jpg"], "PNG"),
+    (["--json", "/nonexistent/dir/out.json"], "does not exist"),
+    (["--precision", "fp16", "--device", "cpu"], "fp16 needs a CUDA GPU"),
+    (["--swap-model", "classic", "--random-weights"], "--random-weights applies to simswap"),
+])
+def test_bad_arguments_are_one_line_errors(args, needle, capsys, shared_assets):
+    code, _, err = run_cli(capsys, *args)
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("bench: ")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("swapwatch bench: error:") and needle in lines[0], lines[0]
+
+
+def test_input_that_is_not_a_video(tmp_path, capsys):
+    bad = tmp_path / "clip.mp4"
+    bad.write_text("not a video")
+    code, _, err = run_cli(capsys, "--input", str(bad))
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("bench: ")]
+    assert len(lines) == 1 and "not a readable" in lines[0], err
+
+
+def test_prepared_input_tiles_faces(shared_assets, tmp_path, detector):
+    from swapwatch.engines.benchmark import default_clips, open_decoder, prepare_input
+
+    clips = default_clips()
+    assert clips, "the shared GRID clips were not found"
+    clip = prepare_input(tmp_path / "in.mp4", clips=clips, width=640, height=480, faces=4, frames=90)
+    frames = [f.to_ndarray(format="bgr24") for f in open_decoder(clip.path)]
+    assert len(frames) == 90  # longer than a 75-frame clip: played forwards then backwards
+    assert frames[0].shape == (480, 640, 3)
+    assert len(detector.detect(frames[0])) == 4
+    assert len(detector.detect(frames[80])) == 4
+
+
+def test_stage_stats_count_frames_where_a_stage_did_not_run():
+    from swapwatch.engines.benchmark import StageStats
+
+    stats = StageStats()
+    stats.add_frame({"detect": 0.010, "swap": 0.002})
+    for _ in range(3):
+        stats.add_frame({"swap": 0.002})
+    s = stats.summary()
+    assert s["detect"]["p50_ms"] == 0.0 and s["detect"]["mean_ms"] == pytest.approx(2.5)
+    assert s["swap"]["p50_ms"] == pytest.approx(2.0) and s["swap"]["p95_ms"] == pytest.approx(2.0)
+
+
+def _grid_frames(clips, n, size=(640, 512)):
+    from swapwatch.engines.media import iter_video
+
+    out = []
+    for f in iter_video(clips[0]):
+        out.append((cv2.resize(f.image, size), f.time))
+        if len(out) == n:
+            return out
+    return out
+
+
+def test_pipeline_output_equals_baseline_on_detected_frames(shared_assets, clips, face_photos, detector):
+    """Same frame, same detections, same model: the pipeline's stages (plan -> generate -> paste, the ones the
+    server's FrameProcessor calls) and the baseline's per-face full-frame loop give the same picture.
+
+    Tolerance: 1 grey level, 2 on at most 5 pixels. The pipeline blends with cv2.blendLinear (rounded, weights
+    divided by their sum + 1e-5) inside the face's rectangle; the baseline blends in float32 over the whole frame
+    and truncates, as InsightFace does. Everywhere outside the
+    face mask both are the input frame, bit for bit. Landmark smoothing is off: it moves the pipeline's landmarks
+    after the first frame of a track, so smoothed frames differ by design (the first frame, where the filter
+    passes its input through, is checked with smoothing on too).
+    """
+    from swapwatch.engines.baseline import BaselineLoop
+    from swapwatch.engines.classic import ClassicSwapper
+    from swapwatch.engines.media import read_image
+    from swapwatch.engines.pipeline import SwapOptions, SwapPipeline
+
+    grid_clips = [c for c in clips if c.name.startswith("grid_")]
+    swapper = ClassicSwapper()
+    photo = read_image(face_photos[0])
+    for smoothing, n_frames in ((False, 4), (True, 1)):
+        pipe = SwapPipeline(detector, swapper, options=SwapOptions(smoothing=smoothing, detect_every=1))
+        pipe.add_source(photo)
+        (identity,) = pipe.sources.values()
+        base = BaselineLoop(detector, swapper, identity)
+        for frame, t in _grid_frames(grid_clips, n_frames):
+            ours = pipe.process(frame, t)
+            theirs, faces = base.process(frame, t)
+            assert len(ours.swapped) == len(faces) == 1
+            diff = np.abs(ours.frame.astype(np.int16) - theirs.astype(np.int16))
+            assert diff.max() <= 2, diff.max()
+            assert (diff > 1).sum() <= 5, (diff > 1).sum()  # a stray pixel where rounding and truncation part
+            changed = np.abs(ours.frame.astype(np.int16) - frame).max(axis=2) > 0
+            assert changed.mean() > 0.02  # the face was really swapped
+            outside = (np.abs(theirs.astype(np.int16) - frame).max(axis=2) == 0) & ~changed
+            assert outside.mean() > 0.8  # most of the frame is untouched by both
+
+
+def test_baseline_deepfake_runs_every_frame_per_face(shared_assets, clips, face_photos, detector):
+    """The baseline's deepfake detector has no strides: the scorer runs on every frame for every face."""
+    from swapwatch.engines.baseline import BaselineLoop, StageClock
+    from swapwatch.engines.classic import ClassicSwapper
+    from swapwatch.engines.deepfake import DeepfakeDetector
+    from swapwatch.engines.media import read_image
+
+    swapper = ClassicSwapper()
+    photo = read_image(face_photos[0])
+    identity = swapper.prepare_source(photo, max(detector.detect(photo), key=lambda f: f.area))
+    deepfake = DeepfakeDetector.load(None)
+    loop = BaselineLoop(detector, swapper, identity, deepfake=deepfake)
+    clock = StageClock()
+    frames = _grid_frames([c for c in clips if c.name.startswith("grid_")], 3)
+    for frame, t in frames:
+        loop.process(frame, t, clock)
+        assert clock.take()["deepfake"] > 0
+    buf = deepfake._tracks[0]
+    assert buf.count == len(frames)
