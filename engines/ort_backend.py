@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -48,6 +49,12 @@ class OnnxRuntimeEngine(Engine):
         options.log_severity_level = 3  # errors only: provider fallbacks are reported by us, not as warnings
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
+        # ONNX Runtime's CPU thread pool busy-waits after every run by default. swapwatch runs several models
+        # back to back on one worker thread, with decode/encode threads beside it, and spinning threads take
+        # the cores the next model needs: the monitor's frame loop ran about 2x slower per frame with spinning
+        # on the 2-core CPU (BENCHMARKS.md, "Deepfake detector, live cost"). SWAPWATCH_ORT_SPIN=1 turns it on.
+        if os.environ.get("SWAPWATCH_ORT_SPIN", "0") != "1":
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = _providers_for(device, ort.get_available_providers())
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
