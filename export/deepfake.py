@@ -357,9 +357,15 @@ def export_head(head: TemporalHead, path: str | Path, *, opset: int | None = Non
 
 def scorer_parity_inputs(config: ScorerConfig, seed: int = 0,
                          batches: Sequence[int] = (1, 3)) -> list[tuple[np.ndarray]]:
-    """Image-like crops at several batch sizes (the batch dim is dynamic): smooth random colour fields with a
-    little pixel noise. Uniform noise over 0..255 is no crop a face detector produces; it drives the logit of a
-    trained scorer to hundreds, where a 1e-4 absolute tolerance measures float32 rounding, not the export."""
+    """Parity inputs for a :class:`FrameScorer` (see :func:`crop_parity_inputs`)."""
+    return crop_parity_inputs(config.size, seed, batches)
+
+
+def crop_parity_inputs(size: int, seed: int = 0, batches: Sequence[int] = (1, 3)) -> list[tuple[np.ndarray]]:
+    """Image-like (N, 3, size, size) crops at several batch sizes (the batch dim is dynamic): smooth random
+    colour fields with a little pixel noise. Uniform noise over 0..255 is no crop a face detector produces; it
+    drives the logit of a trained scorer to hundreds, where a 1e-4 absolute tolerance measures float32
+    rounding, not the export."""
     import cv2
 
     rng = np.random.default_rng(seed)
@@ -368,7 +374,7 @@ def scorer_parity_inputs(config: ScorerConfig, seed: int = 0,
         crops = []
         for _ in range(n):
             field = rng.uniform(0, 255, (8, 8, 3)).astype(np.float32)
-            image = cv2.resize(field, (config.size, config.size), interpolation=cv2.INTER_CUBIC)
+            image = cv2.resize(field, (size, size), interpolation=cv2.INTER_CUBIC)
             image += rng.normal(0, 6, image.shape).astype(np.float32)
             crops.append(np.clip(image, 0, 255).transpose(2, 0, 1))
         sets.append((np.ascontiguousarray(np.stack(crops), dtype=np.float32),))

@@ -404,20 +404,10 @@ def load_deepfakebench(path: str | Path, arch: str | None = None, *, resolution:
 
 
 def scorer_parity_inputs(size: int, seed: int = 0, batches: Sequence[int] = (1, 2)) -> list[tuple[np.ndarray]]:
-    """Image-like BGR crops (smooth colour fields plus pixel noise) at several batch sizes."""
-    import cv2
+    """Image-like BGR crops at several batch sizes (the detector's own parity inputs)."""
+    from swapwatch.export.deepfake import crop_parity_inputs
 
-    rng = np.random.default_rng(seed)
-    sets = []
-    for n in batches:
-        crops = []
-        for _ in range(n):
-            field = rng.uniform(0, 255, (8, 8, 3)).astype(np.float32)
-            image = cv2.resize(field, (size, size), interpolation=cv2.INTER_CUBIC)
-            image += rng.normal(0, 6, image.shape).astype(np.float32)
-            crops.append(np.clip(image, 0, 255).transpose(2, 0, 1))
-        sets.append((np.ascontiguousarray(np.stack(crops), dtype=np.float32),))
-    return sets
+    return crop_parity_inputs(size, seed, batches)
 
 
 def head_parity_inputs(feature_dim: int, window: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
