@@ -121,6 +121,9 @@ class TrainConfig:
     scorer_blocks: tuple[int, ...] = (1, 1, 1, 1)
     scorer_highpass: bool = False
     scorer_aux_map: float = 0.0  # weight of the altered-region map loss (0: no map head)
+    # 0: render fresh pairs for every batch. N: render N pairs once and draw every epoch's batches from them
+    # (with flips): rendering, not the network, bounds a step on a CPU, so a pool buys many more steps.
+    pair_pool: int = 0
     face_scale: float = 0.75
     threshold: float = 0.5
     # data
@@ -858,6 +861,7 @@ class DetectorTrainer:
         self.probe = self._render_val(data.train_real, frames=6, stream=6)
         self._head_train: list[list[tuple[np.ndarray, int]]] | None = None
         self._val_features: list[np.ndarray] | None = None  # per val clip, from the last validate_frames()
+        self._pair_pool: np.ndarray | None = None
 
     # ---- checkpoints ------------------------------------------------------------------------------------
 
@@ -936,10 +940,37 @@ class DetectorTrainer:
 
     # ---- stage 1: frame scorer ----------------------------------------------------------------------------
 
+    def _pool(self) -> np.ndarray:
+        """The rendered pair pool, (N, 2, S, S, 3) uint8 as (real, fake), built once (seeded, so a resumed
+        run rebuilds the same pool)."""
+        if self._pair_pool is None:
+            from tqdm import tqdm
+
+            cfg = self.config
+            batches = max(cfg.pair_pool // cfg.batch_pairs, 1)
+            with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+                parts = list(tqdm(pool.map(lambda i: self._pair_batch(-1, i)[0], range(batches)), total=batches,
+                                  desc="rendering pair pool", unit="batch", file=sys.stderr,
+                                  disable=not cfg.progress or None, leave=False))
+            crops = np.concatenate(parts)
+            self._pair_pool = crops.reshape(-1, 2, *crops.shape[1:])
+        return self._pair_pool
+
+    def _pool_batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        cfg = self.config
+        pool = self._pool()
+        rng = np.random.default_rng([cfg.seed, 8, epoch, index])
+        pairs = pool[rng.choice(len(pool), min(cfg.batch_pairs, len(pool)), replace=False)]
+        flip = rng.random(len(pairs)) < 0.5
+        pairs[flip] = pairs[flip][:, :, :, ::-1]  # a copy (fancy indexing): the pool is untouched
+        labels = np.tile(np.asarray([REAL, FAKE], np.float32), len(pairs))
+        return np.ascontiguousarray(pairs.reshape(-1, *pairs.shape[2:])), labels
+
     def _pair_batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         """``batch_pairs`` (real, fake) pairs; every draw derives from (seed, epoch, index)."""
         cfg = self.config
-        rng = np.random.default_rng([cfg.seed, 1, epoch, index])
+        # epoch -1: the pair pool's batches (their own stream)
+        rng = np.random.default_rng([cfg.seed, 1, epoch, index] if epoch >= 0 else [cfg.seed, 7, index])
         crops, labels = [], []
         reals, files = self.data.train_real, self.data.train_fake
         for _ in range(cfg.batch_pairs):
@@ -1010,12 +1041,15 @@ class DetectorTrainer:
         bar = tqdm(total=steps, desc=f"scorer {epoch + 1}/{cfg.epochs}", unit="batch", file=sys.stderr,
                    disable=not cfg.progress or None, leave=False)
         # Render the next batch in a thread while this one trains (OpenCV releases the GIL).
+        make_batch = self._pool_batch if cfg.pair_pool else self._pair_batch
+        if cfg.pair_pool:
+            self._pool()
         with ThreadPoolExecutor(1) as pool, bar:
-            future = pool.submit(self._pair_batch, epoch, 0)
+            future = pool.submit(make_batch, epoch, 0)
             for k in range(steps):
                 crops, labels = future.result()
                 if k + 1 < steps:
-                    future = pool.submit(self._pair_batch, epoch, k + 1)
+                    future = pool.submit(make_batch, epoch, k + 1)
                 for group in self.scorer_opt.param_groups:
                     group["lr"] = self._lr(cfg.lr, epoch * steps + k, total)
                 _, logits, region = self.scorer.forward_train(torch.from_numpy(to_input(crops)))
