@@ -194,3 +194,73 @@ def test_baseline_deepfake_runs_every_frame_per_face(shared_assets, clips, face_
         assert clock.take()["deepfake"] > 0
     buf = deepfake._tracks[0]
     assert buf.count == len(frames)
+
+
+def check_device_side(side: dict, *, codec: bool) -> None:
+    """The device path's side: the documented stages, upload/download measured, processing and latency."""
+    assert side["path"] == "device" and side["codec"] is codec
+    assert isinstance(side["fps"], float) and side["fps"] > 0
+    stages = side["stages"]
+    expected = {"upload", "detect", "track", "align", "embed", "swap", "paste", "label", "download",
+                "device_overhead", "queue"}
+    expected |= {"decode", "convert", "output", "encode"} if codec else set()
+    assert expected <= set(stages), expected - set(stages)
+    if not codec:
+        assert not {"decode", "encode", "output"} & set(stages)
+    for name in ("upload", "download"):
+        assert stages[name]["measured"] is True and stages[name]["mean_ms"] > 0.0, name
+    for name, stage in stages.items():
+        assert 0.0 <= stage["p50_ms"] <= stage["p95_ms"], (name, stage)
+    for key in ("processing", "latency"):
+        assert 0.0 < side[key]["p50_ms"] <= side[key]["p95_ms"], key
+    assert side["device"] == "cpu" and side["precision_used"] == "fp32"
+
+
+def test_bench_device_path_on_cpu(shared_assets, tmp_path, capsys):
+    """--device-path on torch CPU: two sessions batched into one DeviceFramePath call per step, codec on; the
+    classic swapper has no torch generator, so each batch makes one counted host round trip."""
+    out_json = tmp_path / "bench.json"
+    code, out, err = run_cli(capsys, "--device", "cpu", "--device-path", "--swap-model", "classic", "--resolution",
+                             "320x240", "--sessions", "2", "--frames", "3", "--warmup", "1", "--rounds", "1",
+                             "--detect-every", "2", "--host-threads", "2", "--json", str(out_json))
+    assert code == 0, err
+    data = json.loads(out_json.read_text())
+    assert {"device", "pipeline", "baseline"} <= set(data) and data["baseline"] is None
+    side = data["pipeline"]
+    check_device_side(side, codec=True)
+    assert side["frames"] == 6 and side["faces_swapped"] == 6  # every frame of both sessions swapped
+    assert side["host_round_trips"] == 4  # one per batch: 1 warm-up + 3 timed steps
+    assert side["generator"].startswith("the swapper's own generate")
+    assert "deepfake" in side["stages"] and "monitor" in side["stages"]
+    assert data["models"]["placement"]["deepfake"] == "torch:cpu"
+    assert data["config"]["device_path"] is True
+    assert "| upload |" in out and "0 (n/a)" not in out.split("| upload |")[1].splitlines()[0]
+    assert "processing per frame" in out and "device path" in out and "monitors on 2 threads" in out
+
+
+def test_bench_device_path_simswap_no_codec(shared_assets, tmp_path, capsys):
+    """--no-codec: server-side processing only; SimSwap (random weights) runs as a torch generator on the
+    path's device, with no host round trip."""
+    out_json = tmp_path / "bench.json"
+    code, _, err = run_cli(capsys, "--device", "cpu", "--device-path", "--no-codec", "--swap-model", "simswap-224",
+                           "--random-weights", "--resolution", "256x192", "--frames", "2", "--warmup", "1",
+                           "--rounds", "1", "--detector", "off", "--json", str(out_json))
+    assert code == 0, err
+    side = json.loads(out_json.read_text())["pipeline"]
+    check_device_side(side, codec=False)
+    assert side["faces_swapped"] == 2 and side["host_round_trips"] == 0
+    assert side["generator"] == "torch on the device" and "deepfake" not in side["stages"]
+    assert side["fps_kind"].startswith("server-side")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--cuda-graphs"], "--cuda-graphs applies to --device-path only"),
+    (["--device-path", "--path-config", "streams=2"], "--path-config 'streams=2'"),
+    (["--path-config", "pinned=0"], "--path-config applies to --device-path only"),
+    (["--host-threads", "2"], "--host-threads applies to --device-path only"),
+])
+def test_device_path_arguments(args, needle, capsys, shared_assets):
+    code, _, err = run_cli(capsys, *args)
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("bench: ")]
+    assert len(lines) == 1 and needle in lines[0], err

@@ -1,5 +1,7 @@
 """`swapwatch bench`: per-stage p50/p95 latency and end-to-end frame rate of the live frame path, optionally
 against the straightforward InsightFace/OpenCV loop on the same frames and models (``--compare-baseline``).
+``--device-path`` measures the device-resident frame path (engines/device_path.py) with sessions batched into
+one call, ``--no-codec`` server-side processing alone (no H.264 decode or encode).
 
 What each side runs, how the input is built and how it is timed: ``swapwatch/engines/benchmark.py``'s
 docstring (engines/benchmark.py in the repository) and engines/baseline.py.
@@ -58,6 +60,24 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--compare-baseline", action="store_true",
                    help="also run the straightforward loop (detect every frame, per-face warps, full-frame "
                         "paste, synchronous) on the same frames and models, and report both")
+    p.add_argument("--device-path", action="store_true",
+                   help="pipeline side: the device-resident frame path (engines/device_path.py: one upload and one "
+                        "download per frame, batched warps, one generator batch per step, on-device paste and "
+                        "labels) instead of the server's FrameProcessor path; sessions are batched into one call. "
+                        "Not automatic: serve runs the FrameProcessor path. Runs on --device (auto: CUDA when "
+                        "present, else CPU)")
+    p.add_argument("--no-codec", dest="codec", action="store_false",
+                   help="server-side processing only: frames composed in memory (no H.264 decode) and outputs not "
+                        "encoded; fps then counts processing alone")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="device path on CUDA: replay the generator as CUDA graphs (falls back to eager if capture "
+                        "fails)")
+    p.add_argument("--host-threads", type=int, default=1, metavar="N",
+                   help="device path: run the sessions' host stages (detect, track) and monitors on N threads "
+                        "(default: 1, one session after another)")
+    p.add_argument("--path-config", default="", metavar="KEY=0|1,...",
+                   help="device path switches: pinned, streams, events, colour_match, keep_mouth (e.g. "
+                        "streams=0,pinned=0 for plain synchronous copies)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the results as JSON")
     p.add_argument("--plot", type=Path, default=None, metavar="OUT.png", help="write a per-stage bar chart")
     return p
@@ -68,6 +88,22 @@ def parse_resolution(text: str) -> tuple[int, int]:
     if not m:
         raise InputError(f"--resolution {text!r}: expected WxH, e.g. 640x480")
     return int(m.group(1)), int(m.group(2))
+
+
+PATH_SWITCHES = ("pinned", "streams", "events", "colour_match", "keep_mouth")
+
+
+def parse_path_config(text: str) -> tuple[tuple[str, bool], ...]:
+    """``pinned=0,streams=0`` -> (("pinned", False), ("streams", False))."""
+    out = []
+    for item in filter(None, (t.strip() for t in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in PATH_SWITCHES or value.strip() not in ("0", "1"):
+            raise InputError(f"--path-config {item!r}: expected KEY=0 or KEY=1 with KEY one of "
+                             f"{', '.join(PATH_SWITCHES)}")
+        out.append((key, value.strip() == "1"))
+    return tuple(out)
 
 
 def _check_out(path: Path | None, flag: str) -> None:
@@ -105,7 +141,9 @@ def run(args: argparse.Namespace) -> int:
                       random_weights=args.random_weights, face_detector=args.face_detector,
                       deepfake=args.detector == "on", detect_every=args.detect_every,
                       feature_stride=args.feature_stride, score_stride=args.score_stride,
-                      compare_baseline=args.compare_baseline)
+                      compare_baseline=args.compare_baseline, device_path=args.device_path, codec=args.codec,
+                      cuda_graphs=args.cuda_graphs, path_options=parse_path_config(args.path_config),
+                      host_threads=args.host_threads)
     command = "swapwatch " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
     with workdir() as tmp:
         result = run_bench(cfg, tmp, progress=stderr_progress, command=command)
