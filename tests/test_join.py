@@ -6,71 +6,32 @@ weight-free classic swapper; the client runs through the CLI entry point as a us
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+from app_thread import BackgroundApp
 
 from swapwatch.engines.media import iter_video
 
 
-class ServerThread:
-    """A SwapwatchServer served on 127.0.0.1 from a background thread with its own event loop."""
+class ServerThread(BackgroundApp):
+    """A SwapwatchServer (YuNet, the classic swapper) served on 127.0.0.1 from a background thread."""
 
     def __init__(self, detector, **server_config) -> None:
-        self.detector = detector
-        self.server_config = server_config
-        self.port = 0
         self.server = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        def make_app():
+            from swapwatch.config import Config, ServerConfig
+            from swapwatch.stream.server import SwapwatchServer
 
-    def __enter__(self) -> ServerThread:
-        self._thread.start()
-        assert self._ready.wait(60), "server did not start"
-        if self._error is not None:
-            raise self._error
-        return self
+            self.server = SwapwatchServer(Config(server=ServerConfig(model="classic", **server_config)), detector)
+            return self.server.app()
 
-    def __exit__(self, *exc) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        from aiohttp import web
-
-        from swapwatch.config import Config, ServerConfig
-        from swapwatch.stream.server import SwapwatchServer
-
-        async def main():
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            config = Config(server=ServerConfig(model="classic", **self.server_config))
-            self.server = SwapwatchServer(config, self.detector)
-            runner = web.AppRunner(self.server.app())
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]
-            self._ready.set()
-            await self._stop.wait()
-            await runner.cleanup()
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # surfaced by __enter__
-            self._error = exc
-            self._ready.set()
+        super().__init__(make_app)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ that per-track scores flow through the whole command path into model alerts.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from app_thread import BackgroundApp
 
 from swapwatch.engines.face import Face
 from swapwatch.engines.labelling import Watermarker
@@ -107,43 +107,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess, needle: str) -> N
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert needle in lines[0], lines[0]
-
-
-class BackgroundApp:
-    """An aiohttp app served on 127.0.0.1 from its own thread and event loop (the code under test blocks)."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-        self.loop = asyncio.new_event_loop()
-        self.port = 0
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> BackgroundApp:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        from aiohttp import web
-
-        async def main():
-            self._stop = asyncio.Event()
-            runner = web.AppRunner(self.app)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]
-            self._ready.set()
-            await self._stop.wait()
-            await runner.cleanup()
-
-        self.loop.run_until_complete(main())
-        self.loop.close()
 
 
 def websocket_collector(received: list[dict], *, drop_first: int = 0):
