@@ -96,7 +96,7 @@ STAGES: dict[str, str] = {
     "device_overhead": "device path: wall time of the batched call not covered by its stage timers (host "
                        "planning, Python and kernel-launch overhead, the final synchronisation)",
     "output": "BGR -> yuv420p for the encoder",
-    "encode": "H.264 encode (libx264, aiortc's settings)",
+    "encode": "H.264 encode (libx264 with aiortc's settings, or NVENC where it opens: device.h264_encoder)",
 }
 DEVICE_STAGES = ("upload", "download")
 SESSION_OFFSET = 7  # frames between the starting points of consecutive sessions
@@ -249,7 +249,17 @@ def device_info() -> dict[str, Any]:
                      "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__, "pyav": _pyav_version(),
                      "numpy": np.__version__},
         "onnxruntime_providers": onnxruntime.get_available_providers(),
+        "h264_encoder": _h264_encoder(),
     }
+
+
+def _h264_encoder() -> str | None:
+    """The H.264 encoder the codec runs use (NVENC where it opens, else libx264); None without PyAV."""
+    if _pyav_version() is None:
+        return None
+    from swapwatch.engines.media import h264_encoder
+
+    return h264_encoder()
 
 
 def _pyav_version() -> str | None:
@@ -513,19 +523,26 @@ def open_decoder(path: Path, skip: int = 0) -> Iterator[Any]:
 
 
 class H264Encoder:
-    """libx264 as aiortc 1.16's ``H264Encoder`` configures it (zerolatency, Baseline, level 3.1, 1 Mbit/s)."""
+    """libx264 as aiortc 1.16's ``H264Encoder`` configures it (zerolatency, Baseline, level 3.1, 1 Mbit/s), or
+    NVENC with the same bitrate and its low-latency tuning where :func:`media.h264_encoder` finds a GPU."""
 
     def __init__(self, width: int, height: int, fps: float = 30.0) -> None:
         import av
 
+        from swapwatch.engines.media import h264_encoder
+
         self._av = av
-        codec = av.CodecContext.create("libx264", "w")
+        self.name = h264_encoder()
+        codec = av.CodecContext.create(self.name, "w")
         codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
         codec.bit_rate = ENCODER_BITRATE
         rate = Fraction(min(round(fps) or 30, 30), 1)
         codec.framerate, codec.time_base = rate, 1 / rate
-        codec.options = {"level": "31", "tune": "zerolatency"}
-        codec.profile = "Baseline"
+        if self.name == "h264_nvenc":
+            codec.options = {"preset": "p1", "tune": "ull", "zerolatency": "1", "delay": "0"}
+        else:
+            codec.options = {"level": "31", "tune": "zerolatency"}
+            codec.profile = "Baseline"
         self.codec = codec
         self.pts = 0
         self.bytes = 0

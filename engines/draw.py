@@ -36,8 +36,12 @@ class VideoWriter:
 
         self._av = av
         self.container = av.open(str(path), mode="w")
-        codec = "libvpx-vp9" if path.suffix.lower() == ".webm" else "libx264"
+        from swapwatch.engines.media import h264_encoder, h264_options
+
+        codec = "libvpx-vp9" if path.suffix.lower() == ".webm" else h264_encoder()
         self.stream = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        if codec != "libvpx-vp9":
+            self.stream.options = h264_options(codec)
         # Encoders need even dimensions for 4:2:0.
         self.stream.width, self.stream.height = width - width % 2, height - height % 2
         self.stream.pix_fmt = "yuv420p"

@@ -114,6 +114,52 @@ def probe_video(path: str | Path) -> VideoInfo:
 
 
 
+# H.264 encoders by preference: NVIDIA's NVENC where PyAV's FFmpeg has it and a GPU takes a session, else
+# x264. SWAPWATCH_H264_ENCODER=libx264|h264_nvenc picks one (a picked encoder that cannot open is an error).
+H264_ENCODERS = ("h264_nvenc", "libx264")
+
+
+def _encoder_opens(name: str) -> str | None:
+    """None when a small ``name`` encoder opens here, else why not (NVENC needs an NVIDIA GPU and driver)."""
+    import av
+
+    try:
+        ctx = av.CodecContext.create(name, "w")
+        ctx.width, ctx.height, ctx.pix_fmt = 256, 256, "yuv420p"
+        ctx.time_base = Fraction(1, 30)
+        ctx.open()
+    except Exception as exc:  # unknown codec, no device, driver too old: all mean "not here"
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None
+
+
+def h264_encoder() -> str:
+    """The H.264 encoder to use for files and benchmarks (see :data:`H264_ENCODERS`)."""
+    from swapwatch.errors import BackendUnavailable
+
+    forced = os.environ.get("SWAPWATCH_H264_ENCODER")
+    if forced:
+        if forced not in H264_ENCODERS:
+            raise BackendUnavailable(f"SWAPWATCH_H264_ENCODER={forced}: choose one of {', '.join(H264_ENCODERS)}")
+        why = _encoder_opens(forced)
+        if why is not None:
+            raise BackendUnavailable(f"H.264 encoder {forced} cannot open here ({why})")
+        return forced
+    for name in H264_ENCODERS:
+        if _encoder_opens(name) is None:
+            return name
+    raise BackendUnavailable("no H.264 encoder opens here (PyAV without libx264?)")
+
+
+def h264_options(encoder: str, *, crf: int = 20, realtime: bool = False) -> dict[str, str]:
+    """Quality/latency options with the same intent for x264 and NVENC (constant quality; low latency)."""
+    if encoder == "h264_nvenc":
+        opts = {"rc": "vbr", "cq": str(crf), "preset": "p4"}
+        return {**opts, "tune": "ll", "zerolatency": "1", "delay": "0"} if realtime else opts
+    opts = {"crf": str(crf), "preset": "veryfast"}
+    return {**opts, "tune": "zerolatency"} if realtime else opts
+
+
 @dataclass(frozen=True)
 class TranscodeStats:
     frames: int
@@ -158,13 +204,13 @@ def transcode_video(src: str | Path, dst: str | Path, process: Callable[[VideoFr
         with av.open(str(src)) as inp, av.open(str(tmp), mode="w") as out:
             vin = inp.streams.video[0]
             vin.thread_type = "AUTO"
-            codec = "libvpx-vp9" if suffix == ".webm" else "libx264"
+            codec = "libvpx-vp9" if suffix == ".webm" else h264_encoder()
             vout = out.add_stream(codec, rate=Fraction(info.fps).limit_denominator(1001))
             vout.width, vout.height = info.width - info.width % 2, info.height - info.height % 2
             vout.pix_fmt = "yuv420p"
             vout.time_base = vin.time_base
-            if codec == "libx264":
-                vout.options = {"crf": str(crf), "preset": "veryfast"}
+            if codec != "libvpx-vp9":
+                vout.options = h264_options(codec, crf=crf)
             ain = inp.streams.audio[0] if inp.streams.audio else None
             aout = None
             resampler = None

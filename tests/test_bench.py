@@ -264,3 +264,23 @@ def test_device_path_arguments(args, needle, capsys, shared_assets):
     assert code != 0
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("bench: ")]
     assert len(lines) == 1 and needle in lines[0], err
+
+
+def test_h264_encoder_falls_back_to_x264_and_a_forced_missing_one_is_an_error(monkeypatch):
+    """NVENC is chosen only where an encoder session opens (an NVIDIA GPU): on this machine x264 is used; asking
+    for NVENC explicitly where it cannot open is a clear BackendUnavailable, not a silent substitute."""
+    from swapwatch.engines.media import _encoder_opens, h264_encoder, h264_options
+    from swapwatch.errors import BackendUnavailable
+
+    monkeypatch.delenv("SWAPWATCH_H264_ENCODER", raising=False)
+    name = h264_encoder()
+    assert name in ("h264_nvenc", "libx264")
+    if _encoder_opens("h264_nvenc") is not None:
+        assert name == "libx264"
+        monkeypatch.setenv("SWAPWATCH_H264_ENCODER", "h264_nvenc")
+        with pytest.raises(BackendUnavailable, match="h264_nvenc cannot open"):
+            h264_encoder()
+    monkeypatch.setenv("SWAPWATCH_H264_ENCODER", "mpeg2")
+    with pytest.raises(BackendUnavailable, match="choose one of"):
+        h264_encoder()
+    assert h264_options("libx264", crf=18)["crf"] == "18" and h264_options("h264_nvenc", crf=18)["cq"] == "18"
