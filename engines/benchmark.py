@@ -10,7 +10,7 @@ decoding and encoding run on their own threads, overlapping inference (queues of
 Stage times come from the processor's own timings; the face detector and the deepfake detector are wrapped in
 timing proxies (one per session) to split model time from tracking and from the rest of the monitor.
 
-**Device path** (``--device-path``; not automatic, because serve runs the FrameProcessor path) — the pipeline
+**Device path** (``--device-path``; serve runs it with ``--device-path on``, or ``auto`` on CUDA) — the pipeline
 side runs :class:`~swapwatch.engines.device_path.DeviceFramePath` instead (:class:`_DeviceRunner`): per step,
 one frame per session; the host stage (per session: detect every k frames with optical-flow tracking, face
 choice) feeds one ``process`` call for every session's frame (one upload and one download per frame, batched
@@ -1093,9 +1093,7 @@ class _DeviceRunner:
     """
 
     def __init__(self, cfg: BenchConfig, models: BenchModels, clip: BenchInput, identity: Any) -> None:
-        from swapwatch.engines.blend import FeatherMask
-        from swapwatch.engines.device_path import DeviceFramePath, DevicePathConfig
-        from swapwatch.engines.labelling import SyntheticLabeller
+        from swapwatch.engines.device_path import create_device_path
         from swapwatch.engines.monitor import FrameMonitor, MonitorOverlay
         from swapwatch.engines.selection import DEFAULT_SOURCE, FaceSelection
         from swapwatch.engines.tracking import FACE_SMOOTHING, FaceTracker, KeyframeTracker
@@ -1103,15 +1101,9 @@ class _DeviceRunner:
         self.cfg = cfg
         self.fps = clip.fps
         self.codec = cfg.codec
-        dev = models.device or torch_device(cfg)
-        if dev == "cuda":
-            import torch
-
-            torch.backends.cudnn.benchmark = True  # fixed shapes per run: let cuDNN pick its kernels in warm-up
-            dev = f"cuda:{torch.cuda.current_device()}"  # the index the models' weights report (no copy)
-        self.path = DeviceFramePath(models.swapper, labeller=SyntheticLabeller(), masks=FeatherMask(),
-                                    config=DevicePathConfig(device=dev, precision=cfg.precision,
-                                                            cuda_graphs=cfg.cuda_graphs, **dict(cfg.path_options)))
+        # On CUDA: the device index the models' weights report, cuDNN autotuning (in warm-up here).
+        self.path = create_device_path(models.swapper, models.device or torch_device(cfg), precision=cfg.precision,
+                                       cuda_graphs=cfg.cuda_graphs, **dict(cfg.path_options))
         self.selection = FaceSelection.parse("all")
         self.sources = {DEFAULT_SOURCE: identity}
         self.overlay = MonitorOverlay() if cfg.deepfake else None
@@ -1189,8 +1181,7 @@ class _DeviceRunner:
         result = self.path.process([f["job"] for f in batch["frames"]])
         t1 = clock()
         self.round_trips += result.host_round_trips
-        timed = sum(result.timings.values())
-        shared = {**result.timings, "device_overhead": max(t1 - t0 - timed, 0.0), "queue": queue_s}
+        shared = {**result.frame_timings(t1 - t0), "queue": queue_s}
         for f in batch["frames"]:
             rec = f["rec"]
             rec["align"] += shared["align"]

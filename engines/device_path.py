@@ -84,14 +84,18 @@ __all__ = [
     "Fp16Report",
     "FrameJob",
     "bgr_to_lab_torch",
+    "create_device_path",
     "fp16_check",
     "lab_to_bgr_torch",
     "match_colour_torch",
+    "resolve_device_path",
+    "swapper_device",
 ]
 
 # The stages this path times, named as `swapwatch bench` names them (engines/benchmark.py STAGES).
 DEVICE_PATH_STAGES = ("upload", "align", "swap", "paste", "label", "download")
 PRECISIONS = ("fp32", "fp16", "auto")
+DEVICE_PATH_MODES = ("auto", "on", "off")  # serve's --device-path
 # OpenCV's fixed-point BGR -> gray for uint8 (imgproc/color_rgb: 15-bit coefficients, rounding shift).
 _GRAY_B, _GRAY_G, _GRAY_R, _GRAY_SHIFT = 3735.0, 19235.0, 9798.0, 15
 
@@ -162,6 +166,12 @@ class DeviceBatchResult:
         """Stage seconds divided among the batch's frames (bench records per-frame stage times)."""
         n = max(len(self.frames), 1)
         return {k: v / n for k, v in self.timings.items()}
+
+    def frame_timings(self, wall_s: float) -> dict[str, float]:
+        """The stage seconds each frame of the batch records (serve's worker and bench): the batch's own times
+        (a frame waits for its whole batch), plus ``device_overhead``, the call's wall time ``wall_s`` outside
+        the timed stages."""
+        return {**self.timings, "device_overhead": max(wall_s - sum(self.timings.values()), 0.0)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -998,3 +1008,41 @@ class DeviceFramePath:
             frames.copy_(torch.round(frames + delta[:, None]).clamp_(0.0, 255.0))
         if sel is not None:
             g.work[sel] = frames
+
+
+# --------------------------------------------------------------------------------------------------
+# Choosing and building the path (serve's worker and bench)
+# --------------------------------------------------------------------------------------------------
+
+
+def swapper_device(swapper: Swapper) -> str:
+    """Where the swapper's generator runs: its engine's device (``cuda`` or ``cpu``; ``cpu`` for a NumPy
+    swapper such as classic)."""
+    engine = getattr(swapper, "generator", None) or getattr(swapper, "engine", None)
+    device = getattr(engine, "device", "cpu") if engine is not None else "cpu"
+    return "cuda" if isinstance(device, str) and device.startswith("cuda") else "cpu"
+
+
+def resolve_device_path(mode: str, swapper: Swapper) -> bool:
+    """serve's ``--device-path``: ``on``, ``off``, or ``auto``: on when the swapper's generator runs on CUDA
+    (torch sees a GPU and the swapper's engine is on it). On a CPU the CPU path is the faster one
+    (BENCHMARKS.md), so ``auto`` is off there."""
+    if mode not in DEVICE_PATH_MODES:
+        raise ValueError(f"device path must be one of {DEVICE_PATH_MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode == "on"
+    return torch.cuda.is_available() and swapper_device(swapper) == "cuda"
+
+
+def create_device_path(swapper: Swapper, device: str = "auto", **options: Any) -> DeviceFramePath:
+    """The path as serve and bench run it: the CPU path's defaults (SyntheticLabeller, FeatherMask) on
+    ``device`` (``auto``: the swapper's generator's device when it is CUDA, else CUDA when present, else CPU).
+    ``options`` are :class:`DevicePathConfig` fields. On CUDA the device is named with the index the models'
+    weights report (no copy of them) and cuDNN picks its kernels per shape (a few: frame sizes, face counts)."""
+    if device == "auto":
+        device = "cuda" if swapper_device(swapper) == "cuda" or torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+        device = f"cuda:{torch.cuda.current_device()}"
+    return DeviceFramePath(swapper, labeller=SyntheticLabeller(), masks=FeatherMask(),
+                           config=DevicePathConfig(device=device, **options))

@@ -61,6 +61,7 @@ class SwapPlan:
     chosen: list[tuple[Face, str]] = field(default_factory=list)  # faces to swap, with their source key
     aligned: list[AlignedFace] = field(default_factory=list)
     crops: np.ndarray | None = None  # (N, S, S, 3) BGR uint8 in the swapper's template; None: nothing to swap
+    # (or planned with align=False)
     sources: list[SourceIdentity] = field(default_factory=list)
 
 
@@ -134,16 +135,19 @@ class SwapPipeline:
             out = self.labeller(out)
         return SwapResult(out, faces, plan.chosen)
 
-    def plan(self, frame_bgr: np.ndarray, faces: list[Face]) -> SwapPlan:
-        """Choose the faces to swap in this frame and align their crops to the swapper's template."""
+    def plan(self, frame_bgr: np.ndarray, faces: list[Face], *, align: bool = True) -> SwapPlan:
+        """Choose the faces to swap in this frame and align their crops to the swapper's template
+        (``align=False``: faces and sources only, no crops, for a caller that warps its own, as the device
+        path does)."""
         missing = set(self.selection.source_keys) - set(self.sources)
         if missing:
             raise InputError(f"no source photo for {', '.join(sorted(missing))}")
         chosen = self.selection.select(faces, frame_bgr, self._embed_faces)
         plan = SwapPlan(frame_bgr, faces, chosen)
         if chosen:
-            plan.aligned = [align_face(frame_bgr, f.landmarks, self.swapper.template) for f, _ in chosen]
-            plan.crops = np.stack([a.crop for a in plan.aligned])
+            if align:
+                plan.aligned = [align_face(frame_bgr, f.landmarks, self.swapper.template) for f, _ in chosen]
+                plan.crops = np.stack([a.crop for a in plan.aligned])
             plan.sources = [self.sources[key] for _, key in chosen]
         return plan
 

@@ -15,8 +15,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 # The stages a frame goes through, in order (see worker.py / processing.py). "queue" is the wait for the
-# worker; "total" is the worker's whole time on the frame; "generate" is shared by a batch's frames.
-STAGES = ("queue", "convert", "detect", "align", "generate", "paste", "label", "monitor", "output", "total")
+# worker; "total" is the worker's whole time on the frame; "generate" is shared by a batch's frames. With the
+# device path on, upload .. download (and device_overhead, the call's untimed rest) are the batch's.
+STAGES = ("queue", "convert", "detect", "upload", "align", "generate", "paste", "label", "download",
+          "device_overhead", "monitor", "output", "total")
 
 
 class LatencyWindow:

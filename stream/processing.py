@@ -7,6 +7,11 @@
 It calls the session's own SwapPipeline stage by stage (``plan``, then the worker's batched ``generate``,
 then ``paste``), with one tracker per session. Everything
 here runs on the worker thread only: a processor is never touched by two threads.
+
+With the worker's device path on (serve's ``--device-path``), ``prepare(frame, t, device=True)`` chooses the
+faces without aligning crops on the host; the worker runs align, generate, paste, badge and watermark of every
+session's frame in one :meth:`~swapwatch.engines.device_path.DeviceFramePath.process` call, and
+``finish(plan, device_frame)`` does the rest (the hold rule, monitor, yuv420p) on the frame it returned.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ class FramePlan:
     swapper: Swapper | None = None
     generated: np.ndarray | None = None  # filled by the worker
     timings: dict[str, float] = field(default_factory=dict)
+    # prepared for the worker's device path: ``swap`` has the chosen faces and sources but no crops, and the
+    # frame goes to the device (swapped and labelled there) unless finish would hold the last swapped frame
+    device: bool = False
 
     @property
     def crops(self) -> np.ndarray | None:
@@ -152,7 +160,8 @@ class FrameProcessor:
 
     # ---- the frame path ---------------------------------------------------------------------------------
 
-    def prepare(self, frame: av.VideoFrame, t: float) -> FramePlan:
+    def prepare(self, frame: av.VideoFrame, t: float, *, device: bool = False) -> FramePlan:
+        """``device``: for the worker's device path (faces chosen, no crops aligned here)."""
         clock = time.perf_counter
         t0 = clock()
         image = frame.to_ndarray(format="bgr24")
@@ -166,29 +175,46 @@ class FrameProcessor:
         plan = FramePlan(image, t, faces, timings={"convert": t1 - t0, "detect": t2 - t1})
         pipeline = self.pipeline
         if pipeline is not None and self.settings.swaps:
-            swap = pipeline.plan(image, faces)
-            if swap.crops is not None:
+            swap = pipeline.plan(image, faces, align=not device)
+            if swap.chosen:
                 plan.swap, plan.swapper = swap, self.swapper
+            plan.device = device and (plan.swap is not None or not self._holds(t))
             plan.timings["align"] = clock() - t2
         return plan
 
-    def finish(self, plan: FramePlan) -> Processed:
+    def _holds(self, t: float) -> bool:
+        """A frame at ``t`` with nothing swapped repeats the last swapped frame (a likely detector miss)."""
+        return self._last_swap is not None and t - self._last_swap[0] <= MISS_HOLD_S
+
+    def finish(self, plan: FramePlan, device_frame: np.ndarray | None = None) -> Processed:
+        """``device_frame``: the frame as the worker's device path returned it (swapped, badge and watermark
+        on; its stage times already in ``plan.timings``), for a plan prepared with ``device=True``."""
         clock = time.perf_counter
         out, held, swapped = plan.image, False, 0
         timings = plan.timings
         pipeline = self.pipeline
+        if device_frame is not None and not plan.device:
+            raise ValueError("a device frame for a plan not prepared for the device path")
         if pipeline is not None and self.settings.swaps:
             t0 = clock()
-            if plan.swap is not None and plan.generated is not None:
+            if plan.device:
+                swapped = len(plan.swap.chosen) if plan.swap is not None else 0
+            elif plan.swap is not None and plan.generated is not None:
                 out = pipeline.paste(plan.swap, plan.generated)
                 swapped = len(plan.swap.aligned)
             t1 = clock()
-            timings["paste"] = t1 - t0
-            if not swapped and self._last_swap is not None and plan.t - self._last_swap[0] <= MISS_HOLD_S:
+            if not plan.device:
+                timings["paste"] = t1 - t0
+            if not swapped and self._holds(plan.t):
                 held = True
+            elif plan.device:
+                if device_frame is None:
+                    raise ValueError("a plan prepared for the device path needs its device frame")
+                out = device_frame
             else:
                 out = pipeline.labeller(out) if pipeline.labeller is not None else out
-            timings["label"] = clock() - t1
+            if not plan.device:
+                timings["label"] = clock() - t1
         events: list[dict[str, Any]] = []
         if self.monitor is not None and not held:
             t0 = clock()

@@ -77,7 +77,7 @@ class SwapwatchServer:
         sc = config.server
         self.access = AccessPolicy(sc.token, sc.allowed_origins)
         self.worker = InferenceWorker(self.stats, batch_window=sc.batch_window, max_batch_faces=sc.max_batch_faces,
-                                      queue_size=max(16, 4 * sc.max_sessions))
+                                      queue_size=max(16, 4 * sc.max_sessions), device_path=sc.device_path)
         self.sessions: dict[str, Session] = {}
         self._negotiating = 0  # offers accepted for capacity but not registered yet
         self.started = time.time()

@@ -6,6 +6,13 @@ Sessions submit frames; the worker drains a bounded queue, collects a batch unde
 frame in the batch (cross-session batching; chunks of at most ``max_batch_faces``), then each frame's
 ``finish`` (paste, label, monitor, output planes). Results come back through futures.
 
+With the device path on (``device_path``: serve's ``--device-path``, see
+:func:`~swapwatch.engines.device_path.resolve_device_path`), a batch's swap-mode frames instead go through
+one :meth:`~swapwatch.engines.device_path.DeviceFramePath.process` call for every session (upload, align,
+generate, paste, badge and watermark on the device, one download per frame; chunks of at most
+``max_batch_faces`` faces), then each ``finish`` (hold rule, monitor, output planes) on the frame it returned.
+The batch's device stage times go into each of its frames' timings (``generate`` is the device's swap stage).
+
 Each session keeps at most one frame in flight (see session.py), so the queue holds at most one frame per
 session plus a few one-off calls; it is bounded anyway and a full queue refuses with :class:`WorkerBusy`
 (the caller drops the frame) rather than queueing without bound. One-off calls (source-face detection,
@@ -59,11 +66,18 @@ _STOP = object()
 
 class InferenceWorker:
     def __init__(self, stats: ServerStats | None = None, *, batch_window: float = 0.004,
-                 max_batch_faces: int = 16, queue_size: int = 64, name: str = "swapwatch-inference") -> None:
+                 max_batch_faces: int = 16, queue_size: int = 64, name: str = "swapwatch-inference",
+                 device_path: str = "off") -> None:
+        from swapwatch.engines.device_path import DEVICE_PATH_MODES
+
+        if device_path not in DEVICE_PATH_MODES:
+            raise ValueError(f"device_path must be one of {DEVICE_PATH_MODES}, got {device_path!r}")
         self.stats = stats if stats is not None else ServerStats()
         self.batch_window = batch_window
         self.max_batch_faces = max_batch_faces
         self.name = name
+        self.device_path = device_path  # auto | on | off, resolved per swapper on first use
+        self._paths: dict[int, tuple[Any, Any]] = {}  # id(swapper) -> (swapper, DeviceFramePath or None)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
         self._streams = 0  # attached sessions: a batch is complete when each has a frame in
@@ -168,6 +182,21 @@ class InferenceWorker:
             batch.append(job)
         return batch, False
 
+    def device_path_for(self, swapper: Any) -> Any | None:
+        """The :class:`DeviceFramePath` for ``swapper`` when the device path is on for it, else None (built
+        once per swapper, on this thread: its buffers and caches are the worker's)."""
+        if self.device_path == "off" or swapper is None:
+            return None
+        hit = self._paths.get(id(swapper))
+        if hit is None or hit[0] is not swapper:
+            from swapwatch.engines.device_path import create_device_path, resolve_device_path
+
+            path = create_device_path(swapper) if resolve_device_path(self.device_path, swapper) else None
+            log.info("device path (%s) for %s: %s", self.device_path, swapper.name,
+                     f"on ({path.device})" if path is not None else "off (the swapper runs on the CPU)")
+            hit = self._paths[id(swapper)] = (swapper, path)
+        return hit[1]
+
     def _run_frames(self, jobs: list[_FrameJob]) -> None:
         started = time.perf_counter()
         plans: list[tuple[_FrameJob, FramePlan]] = []
@@ -175,7 +204,8 @@ class InferenceWorker:
             if not job.future.set_running_or_notify_cancel():
                 continue  # the session gave up on it (closed)
             try:
-                plan = job.processor.prepare(job.frame, job.t)
+                device = self.device_path_for(job.processor.swapper) is not None
+                plan = job.processor.prepare(job.frame, job.t, device=device)
             except Exception as exc:
                 job.future.set_exception(exc)
                 continue
@@ -183,9 +213,14 @@ class InferenceWorker:
             plans.append((job, plan))
 
         failed: dict[int, BaseException] = {}
+        device_frames: dict[int, np.ndarray] = {}
         groups: dict[int, list[FramePlan]] = {}
-        for _, plan in plans:
-            if plan.crops is not None:
+        on_device: dict[int, tuple[Any, list[tuple[_FrameJob, FramePlan]]]] = {}
+        for job, plan in plans:
+            if plan.device:
+                swapper = job.processor.swapper
+                on_device.setdefault(id(swapper), (swapper, []))[1].append((job, plan))
+            elif plan.crops is not None:
                 groups.setdefault(id(plan.swapper), []).append(plan)
         for members in groups.values():
             try:
@@ -193,13 +228,20 @@ class InferenceWorker:
             except Exception as exc:
                 for plan in members:
                     failed[id(plan)] = exc
+        for swapper, members in on_device.values():
+            for chunk in self._device_chunks(members):
+                try:
+                    device_frames.update(self._process_on_device(self.device_path_for(swapper), chunk))
+                except Exception as exc:
+                    for _, plan in chunk:
+                        failed[id(plan)] = exc
 
         for job, plan in plans:
             if id(plan) in failed:
                 job.future.set_exception(failed[id(plan)])
                 continue
             try:
-                result: Processed = job.processor.finish(plan)
+                result: Processed = job.processor.finish(plan, device_frames.get(id(plan)))
             except Exception as exc:
                 job.future.set_exception(exc)
                 continue
@@ -227,6 +269,43 @@ class InferenceWorker:
             p.generated = generated[start:start + n]
             p.timings["generate"] = elapsed  # the frame waited for the whole batch
             start += n
+
+
+    def _device_chunks(self, members: list[tuple[_FrameJob, FramePlan]]) -> list[list[tuple[_FrameJob, FramePlan]]]:
+        """Whole frames in order, at most ``max_batch_faces`` faces a call (a frame with more goes alone):
+        with serve's limits, one call for the batch."""
+        chunks: list[list[tuple[_FrameJob, FramePlan]]] = []
+        faces = 0
+        for item in members:
+            n = len(item[1].swap.chosen) if item[1].swap is not None else 0
+            if not chunks or (faces + n > self.max_batch_faces and faces > 0):
+                chunks.append([])
+                faces = 0
+            chunks[-1].append(item)
+            faces += n
+        return chunks
+
+    def _process_on_device(self, path: Any, members: list[tuple[_FrameJob, FramePlan]]) -> dict[int, np.ndarray]:
+        """One device-path call for these frames (any sessions): their output frames by id(plan), and the
+        batch's stage times in each frame's timings."""
+        from swapwatch.engines.device_path import FrameJob
+
+        jobs = [FrameJob.from_plan(plan.swap) if plan.swap is not None else FrameJob(plan.image)
+                for _, plan in members]
+        t0 = time.perf_counter()
+        result = path.process(jobs)
+        shared = result.frame_timings(time.perf_counter() - t0)
+        shared["generate"] = shared.pop("swap")  # the generator's stage, named as on the CPU path
+        faces = sum(len(j.faces) for j in jobs)
+        if faces:
+            self.stats.batch_sizes.add(faces)
+        out = {}
+        for (_, plan), frame in zip(members, result.frames):
+            align = plan.timings.get("align", 0.0)
+            plan.timings.update(shared)
+            plan.timings["align"] = align + shared["align"]  # face choice on the host + warps on the device
+            out[id(plan)] = frame
+        return out
 
 
 def _run_call(job: _CallJob) -> None:

@@ -52,6 +52,10 @@ class ServerConfig:
     # swapper on all their faces at once, at most max_batch_faces per generate call.
     batch_window: float = 0.004
     max_batch_faces: int = 16
+    # Swap frames on the device path (engines/device_path.py: one upload and download per frame, warps, swap,
+    # paste, badge and watermark on the device, every session's frames in one call): on | off | auto (on when
+    # the swapper runs on CUDA; on a CPU the CPU path is faster, BENCHMARKS.md).
+    device_path: str = "auto"
     # Websocket cadence and limits.
     metrics_interval: float = 1.0
     heartbeat_interval: float = 2.0
@@ -76,6 +80,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be positive")
         if self.out_queue < 1 or self.max_batch_faces < 1 or self.batch_window < 0:
             raise ValueError("out_queue and max_batch_faces must be >= 1, batch_window >= 0")
+        if self.device_path not in ("auto", "on", "off"):
+            raise ValueError(f"device_path must be auto, on or off, got {self.device_path!r}")
         if self.token is not None and not self.token:
             raise ValueError("token must not be empty (leave it unset for no auth)")
 

@@ -39,6 +39,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="run the detector every K frames, optical-flow tracking in between (default: 1)")
     p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device-path", default=ServerConfig.device_path, choices=("auto", "on", "off"),
+                   help="swap frames on the device path (upload once; align, swap, paste, badge and watermark on "
+                        "the device; every session's frames in one batch): auto (default) turns it on when the "
+                        "swapper runs on CUDA")
     p.add_argument("--record-dir", default=None, metavar="DIR",
                    help="allow sessions that ask for it (record: true in the offer) to be recorded here; "
                         "without it nothing a user streams is written to disk")
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             host=args.host, port=args.port, max_sessions=args.max_sessions, token=args.token,
             allowed_origins=tuple(args.allowed_origins), ice_servers=tuple(args.ice_servers),
             ice_username=args.ice_username, ice_credential=args.ice_credential, model=args.model,
-            record_dir=args.record_dir, idle_timeout=args.idle_timeout)
+            record_dir=args.record_dir, idle_timeout=args.idle_timeout, device_path=args.device_path)
         tracking = TrackingConfig(detect_every=args.detect_every)
     except ValueError as exc:
         raise InputError(str(exc)) from None
