@@ -514,8 +514,10 @@ def open_decoder(path: Path, skip: int = 0) -> Iterator[Any]:
     stream.thread_type = "AUTO"
 
     def frames():
+        from swapwatch.engines.media import decode_video_stream
+
         with container:
-            for i, frame in enumerate(container.decode(stream)):
+            for i, frame in enumerate(decode_video_stream(container, stream)):
                 if i >= skip:
                     yield frame
 

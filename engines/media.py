@@ -76,7 +76,7 @@ def iter_video(path: str | Path) -> Iterator[VideoFrame]:
         stream.thread_type = "AUTO"
         count = 0
         try:
-            for frame in container.decode(stream):
+            for frame in decode_video_stream(container, stream):
                 t = float(frame.pts * stream.time_base) if frame.pts is not None and stream.time_base else (
                     count / float(stream.average_rate or Fraction(25)))
                 yield VideoFrame(count, t, frame.to_ndarray(format="bgr24"))
@@ -114,23 +114,66 @@ def probe_video(path: str | Path) -> VideoInfo:
 
 
 
-# H.264 encoders by preference: NVIDIA's NVENC where PyAV's FFmpeg has it and a GPU takes a session, else
-# x264. SWAPWATCH_H264_ENCODER=libx264|h264_nvenc picks one (a picked encoder that cannot open is an error).
-H264_ENCODERS = ("h264_nvenc", "libx264")
+# NVDEC through FFmpeg's cuvid decoders: PyAV's wheels carry them; they open only where an NVIDIA GPU and
+# driver are. SWAPWATCH_VIDEO_DECODER=nvdec|cpu picks one (a picked NVDEC that cannot open is an error).
+VIDEO_DECODERS = ("nvdec", "cpu")
+_CUVID_NAMES = {"mpeg1video": "mpeg1", "mpeg2video": "mpeg2"}  # FFmpeg decoder name -> cuvid prefix
 
 
-def _encoder_opens(name: str) -> str | None:
-    """None when a small ``name`` encoder opens here, else why not (NVENC needs an NVIDIA GPU and driver)."""
+def hardware_decoder(stream) -> str | None:
+    """``<codec>_cuvid`` when it opens for ``stream``'s codec here (or is forced), else None (FFmpeg's own)."""
+    from swapwatch.errors import BackendUnavailable
+
+    forced = os.environ.get("SWAPWATCH_VIDEO_DECODER")
+    if forced and forced not in VIDEO_DECODERS:
+        raise BackendUnavailable(f"SWAPWATCH_VIDEO_DECODER={forced}: choose one of {', '.join(VIDEO_DECODERS)}")
+    if forced == "cpu":
+        return None
+    codec = stream.codec_context.name
+    name = f"{_CUVID_NAMES.get(codec, codec)}_cuvid"
+    why = _codec_opens(name, "r", extradata=stream.codec_context.extradata)
+    if why is not None and forced == "nvdec":
+        raise BackendUnavailable(f"NVDEC decoder {name} cannot open here ({why})")
+    return None if why is not None else name
+
+
+def decode_video_stream(container, stream) -> Iterator:
+    """Decoded frames of ``stream``: through NVDEC where :func:`hardware_decoder` finds it (packets demuxed
+    here, decoded by the cuvid context; frames come back in system memory), else FFmpeg's software decoder."""
+    import av
+
+    name = hardware_decoder(stream)
+    if name is None:
+        yield from container.decode(stream)
+        return
+    ctx = av.CodecContext.create(name, "r")
+    if stream.codec_context.extradata:
+        ctx.extradata = stream.codec_context.extradata
+    for packet in container.demux(stream):
+        for frame in ctx.decode(packet):  # an empty packet at the end flushes the decoder
+            yield frame
+
+
+def _codec_opens(name: str, mode: str, *, extradata: bytes | None = None) -> str | None:
+    """None when a small ``name`` codec context opens here, else why not (NVENC/NVDEC need an NVIDIA GPU)."""
     import av
 
     try:
-        ctx = av.CodecContext.create(name, "w")
-        ctx.width, ctx.height, ctx.pix_fmt = 256, 256, "yuv420p"
-        ctx.time_base = Fraction(1, 30)
+        ctx = av.CodecContext.create(name, mode)
+        if mode == "w":
+            ctx.width, ctx.height, ctx.pix_fmt = 256, 256, "yuv420p"
+            ctx.time_base = Fraction(1, 30)
+        elif extradata:
+            ctx.extradata = extradata
         ctx.open()
     except Exception as exc:  # unknown codec, no device, driver too old: all mean "not here"
         return f"{type(exc).__name__}: {exc}".splitlines()[0]
     return None
+
+
+# H.264 encoders by preference: NVIDIA's NVENC where PyAV's FFmpeg has it and a GPU takes a session, else
+# x264. SWAPWATCH_H264_ENCODER=libx264|h264_nvenc picks one (a picked encoder that cannot open is an error).
+H264_ENCODERS = ("h264_nvenc", "libx264")
 
 
 def h264_encoder() -> str:
@@ -141,12 +184,12 @@ def h264_encoder() -> str:
     if forced:
         if forced not in H264_ENCODERS:
             raise BackendUnavailable(f"SWAPWATCH_H264_ENCODER={forced}: choose one of {', '.join(H264_ENCODERS)}")
-        why = _encoder_opens(forced)
+        why = _codec_opens(forced, "w")
         if why is not None:
             raise BackendUnavailable(f"H.264 encoder {forced} cannot open here ({why})")
         return forced
     for name in H264_ENCODERS:
-        if _encoder_opens(name) is None:
+        if _codec_opens(name, "w") is None:
             return name
     raise BackendUnavailable("no H.264 encoder opens here (PyAV without libx264?)")
 

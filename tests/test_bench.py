@@ -269,13 +269,13 @@ def test_device_path_arguments(args, needle, capsys, shared_assets):
 def test_h264_encoder_falls_back_to_x264_and_a_forced_missing_one_is_an_error(monkeypatch):
     """NVENC is chosen only where an encoder session opens (an NVIDIA GPU): on this machine x264 is used; asking
     for NVENC explicitly where it cannot open is a clear BackendUnavailable, not a silent substitute."""
-    from swapwatch.engines.media import _encoder_opens, h264_encoder, h264_options
+    from swapwatch.engines.media import _codec_opens, h264_encoder, h264_options
     from swapwatch.errors import BackendUnavailable
 
     monkeypatch.delenv("SWAPWATCH_H264_ENCODER", raising=False)
     name = h264_encoder()
     assert name in ("h264_nvenc", "libx264")
-    if _encoder_opens("h264_nvenc") is not None:
+    if _codec_opens("h264_nvenc", "w") is not None:
         assert name == "libx264"
         monkeypatch.setenv("SWAPWATCH_H264_ENCODER", "h264_nvenc")
         with pytest.raises(BackendUnavailable, match="h264_nvenc cannot open"):
@@ -284,3 +284,29 @@ def test_h264_encoder_falls_back_to_x264_and_a_forced_missing_one_is_an_error(mo
     with pytest.raises(BackendUnavailable, match="choose one of"):
         h264_encoder()
     assert h264_options("libx264", crf=18)["crf"] == "18" and h264_options("h264_nvenc", crf=18)["cq"] == "18"
+
+
+def test_nvdec_is_used_only_where_it_opens(monkeypatch, clips):
+    """Decoding goes through a cuvid (NVDEC) decoder only where one opens: here FFmpeg's own decoder reads the
+    clip; forcing NVDEC where it cannot open is a clear error; forcing the CPU decoder always works."""
+    import av
+
+    from swapwatch.engines.media import _CUVID_NAMES, _codec_opens, hardware_decoder, iter_video
+    from swapwatch.errors import BackendUnavailable
+
+    clip = next(c for c in clips if c.suffix == ".mpg")
+    monkeypatch.delenv("SWAPWATCH_VIDEO_DECODER", raising=False)
+    with av.open(str(clip)) as container:
+        stream = container.streams.video[0]
+        name = hardware_decoder(stream)
+        codec = stream.codec_context.name
+        if _codec_opens(f"{_CUVID_NAMES.get(codec, codec)}_cuvid", "r") is not None:  # no NVIDIA GPU here
+            assert name is None
+            monkeypatch.setenv("SWAPWATCH_VIDEO_DECODER", "nvdec")
+            with pytest.raises(BackendUnavailable, match="cannot open"):
+                hardware_decoder(stream)
+    monkeypatch.setenv("SWAPWATCH_VIDEO_DECODER", "cpu")
+    assert sum(1 for _ in iter_video(clip)) == 75
+    monkeypatch.setenv("SWAPWATCH_VIDEO_DECODER", "gpu")
+    with pytest.raises(BackendUnavailable, match="choose one of"):
+        next(iter(iter_video(clip)))
