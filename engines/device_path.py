@@ -8,7 +8,7 @@ are grouped by size). For each face the caller gives its 5 landmarks and its sou
 Per batch, on the path's device:
 
 ==========  ==========================================================================================
-stage       what runs (names as in :data:`swapwatch.engines.benchmark.STAGES`)
+stage       what runs (names as in :data:`swapwatch.engines.bench_stats.STAGES`)
 ==========  ==========================================================================================
 upload      host -> device copy of each frame, once (pinned, reused host buffers and ``non_blocking``
             copies on a copy stream on CUDA); uint8 HWC -> float CHW
@@ -92,7 +92,7 @@ __all__ = [
     "swapper_device",
 ]
 
-# The stages this path times, named as `swapwatch bench` names them (engines/benchmark.py STAGES).
+# The stages this path times, named as `swapwatch bench` names them (engines/bench_stats.py STAGES).
 DEVICE_PATH_STAGES = ("upload", "align", "swap", "paste", "label", "download")
 PRECISIONS = ("fp32", "fp16", "auto")
 DEVICE_PATH_MODES = ("auto", "on", "off")  # serve's --device-path
