@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -188,10 +189,20 @@ def h264_encoder() -> str:
         if why is not None:
             raise BackendUnavailable(f"H.264 encoder {forced} cannot open here ({why})")
         return forced
+    name = _first_opening_encoder()
+    if name is None:
+        raise BackendUnavailable("no H.264 encoder opens here (PyAV without libx264?)")
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def _first_opening_encoder() -> str | None:
+    """The first of :data:`H264_ENCODERS` that opens, probed once per process: every writer, transcode and bench
+    session asks, and a failed NVENC open alone takes ~45 ms (the GPU is either there or not for the process)."""
     for name in H264_ENCODERS:
         if _codec_opens(name, "w") is None:
             return name
-    raise BackendUnavailable("no H.264 encoder opens here (PyAV without libx264?)")
+    return None
 
 
 def h264_options(encoder: str, *, crf: int = 20, realtime: bool = False) -> dict[str, str]:
