@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
-
-
-def swapwatch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "swapwatch", *args], capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, needle: str) -> None:
-    assert result.returncode != 0, result
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1, result.stderr
-    assert needle in lines[0], lines[0]
+from cli_util import assert_one_line_error
+from cli_util import swapwatch_cmd as swapwatch
 
 
 def make_empty_mp4(path: Path) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import aiohttp
 import cv2
 import numpy as np
 import pytest
+from cli_util import swapwatch_cmd as run_cli
 from aiohttp.test_utils import TestServer
 from swapwatch.engines.deepfake import DEFAULT_MODEL_DIR
 
@@ -61,11 +60,6 @@ def faceless_clip(tmp_path_factory) -> Path:
         for packet in stream.encode():
             out.mux(packet)
     return path
-
-
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "swapwatch", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
 
 
 def check_report(doc: dict, *, frames: int, name: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from app_thread import BackgroundApp
+from cli_util import assert_one_line_error, swapwatch_cmd
 
 from swapwatch.engines.face import Face
 from swapwatch.engines.labelling import Watermarker
@@ -86,11 +86,6 @@ def face(track_id: int) -> Face:
     return Face(box=np.array([110, 90, 190, 190], np.float32), score=0.9, landmarks=lm, track_id=track_id)
 
 
-def swapwatch_cmd(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "swapwatch", *args], capture_output=True, text=True,
-                          timeout=timeout)
-
-
 def run_monitor(capsys, *argv: str, deepfake=None) -> tuple[int, list[dict]]:
     """The monitor command in-process (parser and run, as the CLI calls them); its stdout JSON lines."""
     from swapwatch.cli import build_parser
@@ -99,14 +94,6 @@ def run_monitor(capsys, *argv: str, deepfake=None) -> tuple[int, list[dict]]:
     rc = args._run(args, deepfake=deepfake) if deepfake is not None else args._run(args)
     out = capsys.readouterr().out
     return rc, [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, needle: str) -> None:
-    assert result.returncode != 0, result
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert needle in lines[0], lines[0]
 
 
 def websocket_collector(received: list[dict], *, drop_first: int = 0):
@@ -473,7 +460,7 @@ def test_bad_input_gives_one_line_error(case, tmp_path, capsys, clip):
 def test_bad_input_from_the_real_entry_point(tmp_path):
     """The same contract through `python -m swapwatch`: one line, no traceback, non-zero exit."""
     (tmp_path / "x.mp4").write_text("not a video at all\n")
-    result = swapwatch_cmd("monitor", str(tmp_path / "x.mp4"), "--json")
+    result = swapwatch_cmd("monitor", str(tmp_path / "x.mp4"), "--json", timeout=120)
     assert_one_line_error(result, "not a readable video")
     assert result.stdout == ""
 
