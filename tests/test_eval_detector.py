@@ -211,7 +211,7 @@ def report(dataset, tmp_path_factory):
     # Live strides 1 and 2 so that 40-frame clips get several live scores (the defaults, 2 and 5, need
     # 40 frames before the first).
     argv = ["eval-detector", str(dataset), "--json", str(json_path), "--plot", str(plot_path), "--splices", "2",
-            "--stride", "1", "--score-every", "2", "--backend", "onnxruntime"]
+            "--deepfake-stride", "1", "--deepfake-score-every", "2", "--backend", "onnxruntime"]
     assert main(argv) == 0
     return json.loads(json_path.read_text()), plot_path
 
@@ -333,3 +333,16 @@ def test_bad_options(tmp_path, capsys):
     assert "--threshold" in capsys.readouterr().err
     assert main(["eval-detector", str(tmp_path), "--plot", str(tmp_path / "x.jpg")]) == 2
     assert ".png" in capsys.readouterr().err
+
+
+def test_live_strides_are_spelled_as_in_serve_and_monitor():
+    """eval-detector takes serve's and monitor's names for the live strides (and its older short ones)."""
+    from swapwatch.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["--deepfake-stride", "3", "--deepfake-score-every", "4"], ["--stride", "3", "--score-every", "4"]):
+        args = parser.parse_args(["eval-detector", "data", *argv])
+        assert (args.deepfake_stride, args.deepfake_score_every) == (3, 4)
+    for command in (["serve"], ["monitor", "clip.mp4"]):
+        args = parser.parse_args([*command, "--deepfake-stride", "3", "--deepfake-score-every", "4"])
+        assert (args.deepfake_stride, args.deepfake_score_every) == (3, 4)

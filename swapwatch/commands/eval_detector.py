@@ -17,7 +17,7 @@ TABLE_ROWS = 40  # per-video rows printed (all of them go to --json)
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    from swapwatch.config import DeepfakeConfig
+    from swapwatch.commands.options import add_live_stride_options
 
     p = subparsers.add_parser(
         name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -53,12 +53,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--splices", type=int, default=10, metavar="N",
                    help="spliced real-to-fake streams for time to alert, at most one per real video (default: "
                         "10; 0: none)")
-    p.add_argument("--stride", type=int, default=DeepfakeConfig.feature_stride, metavar="K",
-                   help=f"live: score every K-th frame of each face track (default: {DeepfakeConfig.feature_stride}, "
-                        "as serve and monitor)")
-    p.add_argument("--score-every", type=int, default=DeepfakeConfig.score_stride, metavar="S",
-                   help="live: run the temporal head after every S-th new frame score (default: "
-                        f"{DeepfakeConfig.score_stride})")
+    add_live_stride_options(p.add_argument_group("live strides (time to alert, false alerts), as serve and monitor"),
+                            "--stride", "--score-every")
     p.add_argument("--detect-every", type=int, default=1, metavar="K",
                    help="detect faces every K frames, tracking in between (default: 1)")
     return p
@@ -89,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     items = dataset_items(args.dataset, args.layout, compression=args.ffpp_compression,
                           max_videos=args.max_videos)
     try:
-        window = WindowConfig(feature_stride=args.stride, score_stride=args.score_every)
+        window = WindowConfig(feature_stride=args.deepfake_stride, score_stride=args.deepfake_score_every)
         settings = StreamSettings(max_frames=args.max_frames, detect_every=args.detect_every)
     except ValueError as exc:
         raise InputError(str(exc)) from None

@@ -14,10 +14,21 @@ def add_deepfake_options(p: argparse.ArgumentParser) -> None:
                    help="sliding-window deepfake detector for model alerts: 'default' (the committed "
                         "demonstration model: weak, see its MODEL_CARD.md), a folder written by "
                         "train-detector or export, or 'off' (watermark alerts only)")
-    g.add_argument("--deepfake-stride", type=int, default=DeepfakeConfig.feature_stride, metavar="K",
-                   help="score every K-th frame of each face track")
-    g.add_argument("--deepfake-score-every", type=int, default=DeepfakeConfig.score_stride, metavar="S",
-                   help="run the temporal head after every S-th new frame score")
+    add_live_stride_options(g)
+
+
+def add_live_stride_options(group, *aliases: str) -> None:
+    """``--deepfake-stride`` and ``--deepfake-score-every`` (serve, monitor, eval-detector); ``aliases`` are
+    the shorter names a command also accepts (``"--stride", "--score-every"``)."""
+    from swapwatch.config import DeepfakeConfig
+
+    stride_names = ["--deepfake-stride", *aliases[:1]]
+    every_names = ["--deepfake-score-every", *aliases[1:2]]
+    group.add_argument(*stride_names, dest="deepfake_stride", type=int, default=DeepfakeConfig.feature_stride,
+                       metavar="K", help="score every K-th frame of each face track (default: %(default)s)")
+    group.add_argument(*every_names, dest="deepfake_score_every", type=int, default=DeepfakeConfig.score_stride,
+                       metavar="S",
+                       help="run the temporal head after every S-th new frame score (default: %(default)s)")
 
 
 def deepfake_config(args: argparse.Namespace, *, backend: str = "auto", device: str = "auto"):
