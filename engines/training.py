@@ -60,7 +60,11 @@ ASSET_IDENTITIES = {
 }
 # Images shipped inside installed packages. insightface's mask_*.jpg are pictures of face masks with no face
 # in them (YuNet finds none), so they are not listed.
-DEPENDENCY_IMAGES = {"insightface": ("data/images/t1.jpg", "data/images/Tom_Hanks_54745.png")}
+DEPENDENCY_IMAGES = {
+    "insightface": ("data/images/t1.jpg", "data/images/Tom_Hanks_54745.png"),
+    "matplotlib": ("mpl-data/sample_data/grace_hopper.jpg",),  # a project dependency (plots)
+    "skimage": ("data/astronaut.png",),  # scikit-image, which insightface depends on
+}
 GROUP_PHOTOS = {"t1.jpg"}  # every face is a different person
 
 
@@ -121,6 +125,10 @@ class TrainConfig:
     scorer_blocks: tuple[int, ...] = (1, 1, 1, 1)
     scorer_highpass: bool = False
     scorer_aux_map: float = 0.0  # weight of the altered-region map loss (0: no map head)
+    scorer_local_topk: int = 0  # K > 0: the frame's evidence is the map's K largest cells (ScorerConfig.local_topk)
+    # What the region map learns for a self-blended fake: "diff" (where it differs from its real frame) or
+    # "boundary" (where the blend mask blends, Face X-ray's 4M(1-M)). Fakes without a mask always use "diff".
+    region_target: str = "diff"
     # 0: render fresh pairs for every batch. N: render N pairs once and draw every epoch's batches from them
     # (with flips): rendering, not the network, bounds a step on a CPU, so a pool buys many more steps.
     pair_pool: int = 0
@@ -148,6 +156,12 @@ class TrainConfig:
             raise InputError("min_window must lie in [1, window]")
         if not 0.0 <= self.val_fraction < 1.0:
             raise InputError("val_fraction must lie in [0, 1)")
+        if self.scorer_local_topk and self.scorer_aux_map <= 0:
+            raise InputError("local evidence scores the region map: give --region-map a weight > 0")
+        if self.region_target not in REGION_TARGETS:
+            raise InputError(f"region target must be one of {', '.join(REGION_TARGETS)}")
+        if self.scorer_local_topk and self.head_residual:
+            raise InputError("the residual head adds a linear frame classifier's logits: not with local evidence")
 
     def fingerprint(self) -> dict:
         """The settings a resumed run must share with the checkpoint (epoch counts may grow)."""
@@ -663,9 +677,11 @@ class ClipRenderer:
         self.blender = blender or SelfBlender()
 
     def render(self, track: FaceTrack, positions: Sequence[int], kinds: Sequence[str], rng: np.random.Generator,
-               fakes: dict[str, FaceTrack] | None = None) -> list[np.ndarray]:
+               fakes: dict[str, FaceTrack] | None = None, masks: list[np.ndarray] | None = None) -> list[np.ndarray]:
         """One (T, S, S, 3) crop array per kind ("real", "sbi", or a key of ``fakes``: a prepared fake track
-        frame-aligned with ``track``), all under one :class:`ClipAugment` draw."""
+        frame-aligned with ``track``), all under one :class:`ClipAugment` draw. With "sbi" and a ``masks``
+        list, each frame's blend mask (its shape: scaled to a peak of 1, ratio left out) is appended to it as
+        an (S, S) float32 crop warped like the frame."""
         aug = ClipAugment.draw(rng)
         params = SBIParams.draw(rng, self.blender.config) if "sbi" in kinds else None
         size = self.template.size
@@ -678,6 +694,9 @@ class ClipRenderer:
                 # The real counterpart of a self-blended fake is its target (see SBIResult): rendered together,
                 # they differ only by the blend.
                 real, sbi = result.real, result.image
+                if masks is not None:
+                    shape = result.mask / max(float(result.mask.max()), 1e-6)
+                    masks.append(aug.crop(shape, track.landmarks[i], self.template, k))
             for out, kind in zip(outs, kinds):
                 roi = real if kind == "real" else sbi if kind == "sbi" else (fakes or {})[kind].rois[i]
                 out[k] = aug.crop(aug.degrade(roi, k), track.landmarks[i], self.template, k)
@@ -832,6 +851,7 @@ class TrainResult:
 
 # A mean absolute difference of this many grey levels over a map cell counts as fully altered.
 REGION_DIFF_LEVELS = 8.0
+REGION_TARGETS = ("diff", "boundary")
 
 
 class DetectorTrainer:
@@ -849,7 +869,8 @@ class DetectorTrainer:
         self.renderer = ClipRenderer(self.template)
         torch.manual_seed(config.seed)
         scfg = ScorerConfig(config.scorer_size, config.scorer_widths, config.scorer_blocks,
-                            highpass=config.scorer_highpass, aux_map=config.scorer_aux_map > 0)
+                            highpass=config.scorer_highpass, aux_map=config.scorer_aux_map > 0,
+                            local_topk=config.scorer_local_topk)
         self.scorer = FrameScorer(scfg)
         self.head = TemporalHead(HeadConfig(feature_dim=scfg.feature_dim, window=config.window,
                                             residual=config.head_residual))
@@ -862,6 +883,7 @@ class DetectorTrainer:
         self._head_train: list[list[tuple[np.ndarray, int]]] | None = None
         self._val_features: list[np.ndarray] | None = None  # per val clip, from the last validate_frames()
         self._pair_pool: np.ndarray | None = None
+        self._pool_masks: np.ndarray | None = None  # (N, S, S) blend masks of the pool's fakes (-1: none)
 
     # ---- checkpoints ------------------------------------------------------------------------------------
 
@@ -949,34 +971,46 @@ class DetectorTrainer:
             cfg = self.config
             batches = max(cfg.pair_pool // cfg.batch_pairs, 1)
             with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
-                parts = list(tqdm(pool.map(lambda i: self._pair_batch(-1, i)[0], range(batches)), total=batches,
+                parts = list(tqdm(pool.map(lambda i: self._pair_batch(-1, i), range(batches)), total=batches,
                                   desc="rendering pair pool", unit="batch", file=sys.stderr,
                                   disable=not cfg.progress or None, leave=False))
-            crops = np.concatenate(parts)
+            crops = np.concatenate([part[0] for part in parts])
             self._pair_pool = crops.reshape(-1, 2, *crops.shape[1:])
+            if parts[0][2] is not None:
+                self._pool_masks = np.concatenate([part[2] for part in parts])
         return self._pair_pool
 
-    def _pool_batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _pool_batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         cfg = self.config
         pool = self._pool()
         rng = np.random.default_rng([cfg.seed, 8, epoch, index])
-        pairs = pool[rng.choice(len(pool), min(cfg.batch_pairs, len(pool)), replace=False)]
+        chosen = rng.choice(len(pool), min(cfg.batch_pairs, len(pool)), replace=False)
+        pairs = pool[chosen]
+        masks = self._pool_masks[chosen] if self._pool_masks is not None else None
         flip = rng.random(len(pairs)) < 0.5
         pairs[flip] = pairs[flip][:, :, :, ::-1]  # a copy (fancy indexing): the pool is untouched
+        if masks is not None:
+            masks[flip] = masks[flip][:, :, ::-1]
+            masks = np.ascontiguousarray(masks)
         labels = np.tile(np.asarray([REAL, FAKE], np.float32), len(pairs))
-        return np.ascontiguousarray(pairs.reshape(-1, *pairs.shape[2:])), labels
+        return np.ascontiguousarray(pairs.reshape(-1, *pairs.shape[2:])), labels, masks
 
-    def _pair_batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """``batch_pairs`` (real, fake) pairs; every draw derives from (seed, epoch, index)."""
+    def _pair_batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``batch_pairs`` (real, fake) pairs as (crops, labels, blend masks): with the boundary target, the
+        masks are (P, S, S) float16, each self-blended fake's mask shape in its crop (peak 1) and -1 everywhere
+        for fakes without one; else None. Every draw derives from (seed, epoch, index)."""
         cfg = self.config
         # epoch -1: the pair pool's batches (their own stream)
         rng = np.random.default_rng([cfg.seed, 1, epoch, index] if epoch >= 0 else [cfg.seed, 7, index])
-        crops, labels = [], []
+        crops, labels, masks = [], [], []
+        size = self.template.size
+        want_masks = cfg.region_target == "boundary"
         reals, files = self.data.train_real, self.data.train_fake
         for _ in range(cfg.batch_pairs):
             track = reals[int(rng.integers(len(reals)))]
             i = int(rng.integers(len(track)))
             swaps = self.data.swaps_of(track)
+            pair_is_sbi = False
             if files and rng.random() < 0.5:  # a labelled fake frame, with its own conditions
                 fake_track = files[int(rng.integers(len(files)))]
                 real = self.renderer.render(track, [i], ["real"], rng)[0]
@@ -987,10 +1021,14 @@ class DetectorTrainer:
                 swap = swaps[int(rng.integers(len(swaps)))]
                 pair = self.renderer.render(track, [i], ["real", "swap"], rng, {"swap": swap})
             else:
-                pair = self.renderer.render(track, [i], ["real", "sbi"], rng)
+                pair_is_sbi, shapes = True, []
+                pair = self.renderer.render(track, [i], ["real", "sbi"], rng, masks=shapes if want_masks else None)
             crops += [pair[0][0], pair[1][0]]
             labels += [REAL, FAKE]
-        return np.stack(crops), np.asarray(labels, np.float32)
+            if want_masks:
+                masks.append(shapes[0] if pair_is_sbi else np.full((size, size), -1.0, np.float32))
+        boundary = np.stack(masks).astype(np.float16) if want_masks else None
+        return np.stack(crops), np.asarray(labels, np.float32), boundary
 
     def _lr(self, base: float, step: int, total: int, warmup: int = 50) -> float:
         if step < warmup:
@@ -1014,10 +1052,11 @@ class DetectorTrainer:
         return cfg.bce_weight * bce + cfg.rank_weight * rank
 
     @staticmethod
-    def _region_loss(region, crops: np.ndarray):
+    def _region_loss(region, crops: np.ndarray, masks: np.ndarray | None = None):
         """BCE of the predicted altered-region map against where each fake differs from its real frame (the
         pairs are rendered under one augmentation draw, so outside the manipulation they are equal up to
-        noise and compression), pooled to the map's size; zero maps for the real frames."""
+        noise and compression), pooled to the map's size; zero maps for the real frames. Where ``masks``
+        gives a fake's blend mask M (>= 0), its target is the blend's boundary 4M(1-M) instead."""
         import torch
         import torch.nn.functional as F
 
@@ -1025,6 +1064,13 @@ class DetectorTrainer:
         diff = (x[:, 1] - x[:, 0]).abs().mean(dim=3, keepdim=True).permute(0, 3, 1, 2)  # (P, 1, S, S)
         diff = F.adaptive_avg_pool2d(diff, region.shape[-2:])
         target = (diff / REGION_DIFF_LEVELS).clamp(0.0, 1.0)
+        if masks is not None:  # Face X-ray's boundary 4M(1-M) where the blend mask M is known
+            m = torch.from_numpy(masks.astype(np.float32)).unsqueeze(1)  # (P, 1, S, S)
+            known = m.flatten(1).min(dim=1).values >= 0
+            if known.any():
+                edge = F.adaptive_max_pool2d(4.0 * m[known] * (1.0 - m[known]), region.shape[-2:])
+                target = target.clone()
+                target[known] = edge.clamp(0.0, 1.0)
         targets = torch.stack([torch.zeros_like(target), target], dim=1).view_as(region)
         return F.binary_cross_entropy_with_logits(region, targets)
 
@@ -1047,7 +1093,7 @@ class DetectorTrainer:
         with ThreadPoolExecutor(1) as pool, bar:
             future = pool.submit(make_batch, epoch, 0)
             for k in range(steps):
-                crops, labels = future.result()
+                crops, labels, masks = future.result()
                 if k + 1 < steps:
                     future = pool.submit(make_batch, epoch, k + 1)
                 for group in self.scorer_opt.param_groups:
@@ -1055,7 +1101,7 @@ class DetectorTrainer:
                 _, logits, region = self.scorer.forward_train(torch.from_numpy(to_input(crops)))
                 loss = self._scorer_loss(logits, torch.from_numpy(labels))
                 if region is not None:
-                    loss = loss + cfg.scorer_aux_map * self._region_loss(region, crops)
+                    loss = loss + cfg.scorer_aux_map * self._region_loss(region, crops, masks)
                 self.scorer_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.scorer_opt.step()
@@ -1098,8 +1144,9 @@ class DetectorTrainer:
         probe = [self.features(c)[1] for c in self.probe.crops]
         out["train_frame_auc"] = roc_auc(np.concatenate([[y] * len(p) for y, p in zip(self.probe.labels, probe)]),
                                          np.concatenate(probe))
-        out["real_clip_mean_prob"] = float(np.mean([p.mean() for p, y in zip(clip_probs, self.val.labels) if y == REAL]))
-        out["fake_clip_mean_prob"] = float(np.mean([p.mean() for p, y in zip(clip_probs, self.val.labels) if y == FAKE]))
+        for name, label in (("real", REAL), ("fake", FAKE)):
+            means = [p.mean() for p, y in zip(clip_probs, self.val.labels) if y == label]
+            out[f"{name}_clip_mean_prob"] = float(np.mean(means))
         return out
 
     def _val_windows(self, score: Callable, *, use_probs=None, stride: int = 5):

@@ -24,6 +24,7 @@ for a real frame and 0 for padding; padding goes at the start (left), and return
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -60,6 +61,12 @@ class ScorerConfig:
     # (1/4 resolution). Dense supervision (which pixels differ from the real frame) teaches far more per
     # example than one label, the point of Face X-ray; the map is not part of the exported graph.
     aux_map: bool = False
+    # Local evidence (K > 0): the frame's evidence is the altered-region map itself, predicted from the last
+    # stage (so its receptive field is a patch, not the face), and the features are the map's K largest cell
+    # logits, sorted. A patch cannot tell who a person is, only whether a seam or a mismatch is in it: with a
+    # handful of training identities, a global pool learns "unfamiliar face = fake". Needs ``aux_map``; the
+    # map is then part of the exported graph.
+    local_topk: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -68,10 +75,21 @@ class ScorerConfig:
             raise ValueError("widths and blocks need one entry per stage")
         if self.size % (2 ** len(self.widths)) != 0:
             raise ValueError(f"crop size {self.size} must be divisible by {2 ** len(self.widths)}")
+        if self.local_topk:
+            if not self.aux_map:
+                raise ValueError("local_topk scores the altered-region map: it needs aux_map")
+            cells = (self.size // 2 ** len(self.widths)) ** 2
+            if not 1 <= self.local_topk <= cells:
+                raise ValueError(f"local_topk must lie in [1, {cells}] (the map's cells)")
+
+    @property
+    def map_stage(self) -> int:
+        """Index of the stage the altered-region map is predicted from."""
+        return len(self.widths) - 1 if self.local_topk else min(1, len(self.widths) - 1)
 
     @property
     def feature_dim(self) -> int:
-        return self.widths[-1]
+        return self.local_topk or self.widths[-1]
 
 
 @dataclass(frozen=True)
@@ -115,6 +133,22 @@ class BasicBlock(nn.Module):
         return torch.relu(self.conv2(torch.relu(self.conv1(x))) + self.shortcut(x))
 
 
+class MonotoneLinear(nn.Linear):
+    """A linear layer whose weights are kept positive (softplus of the stored ones): the output can only rise
+    with each input. Over the map's sorted cell logits, a frame's score then only rises with its evidence; a
+    free linear layer learned cues from the *shape* of the evidence (a flat map reading as fake), which told
+    people apart rather than manipulations."""
+
+    def __init__(self, in_features: int, out_features: int = 1) -> None:
+        super().__init__(in_features, out_features)
+        with torch.no_grad():  # start as the mean of the inputs
+            self.weight.fill_(math.log(math.expm1(1.0 / in_features)))
+            self.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, nn.functional.softplus(self.weight), self.bias)
+
+
 class FrameScorer(nn.Module):
     """Compact ResNet: stride-2 3x3 stem, one stage per width, global average pool -> features, linear -> logit."""
 
@@ -140,10 +174,11 @@ class FrameScorer(nn.Module):
             stages.append(nn.Sequential(*layers))
             cin = width
         self.stages = nn.Sequential(*stages)
-        self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(cin, 1)
+        # The map's sorted logits are evidence, not a redundant embedding: no dropout on them.
+        self.dropout = nn.Dropout(0.0 if config.local_topk else config.dropout)
+        self.classifier = (MonotoneLinear if config.local_topk else nn.Linear)(config.feature_dim, 1)
         if config.aux_map:
-            self.aux = nn.Conv2d(widths[min(1, len(widths) - 1)], 1, 1)
+            self.aux = nn.Conv2d(widths[config.map_stage], 1, 1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -165,12 +200,16 @@ class FrameScorer(nn.Module):
             x = torch.cat([x, (x - blurred) * self.HIGHPASS_GAIN], dim=1)
         x = self.stem(x)
         region = None
+        local = self.config.local_topk
         for i, stage in enumerate(self.stages):
             x = stage(x)
-            if i == min(1, len(self.stages) - 1) and with_map and self.config.aux_map:
+            if i == self.config.map_stage and self.config.aux_map and (with_map or local):
                 region = self.aux(x)
-        features = x.mean(dim=(2, 3))
-        return features, self.classifier(self.dropout(features)).squeeze(1), region
+        if local:
+            features = torch.topk(region.flatten(1), local, dim=1).values
+        else:
+            features = x.mean(dim=(2, 3))
+        return features, self.classifier(self.dropout(features)).squeeze(1), region if with_map else None
 
 
 # --------------------------------------------------------------------------------------------------

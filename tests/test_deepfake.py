@@ -75,8 +75,10 @@ def _frame_and_faces(n_faces: int = 1, seed: int = 0, t: int = 0) -> tuple[np.nd
 
 
 @pytest.mark.parametrize("config", [ScorerConfig(), ScorerConfig(64, (8, 16, 16, 16), (1, 1, 1, 1)),
-                                    ScorerConfig(64, (8, 16, 16, 16), (1, 1, 1, 1), highpass=True, aux_map=True)],
-                         ids=["default-128", "tiny-64", "highpass-map-64"])
+                                    ScorerConfig(64, (8, 16, 16, 16), (1, 1, 1, 1), highpass=True, aux_map=True),
+                                    ScorerConfig(64, (8, 16, 16), (1, 1, 1), highpass=True, aux_map=True,
+                                                 local_topk=6)],
+                         ids=["default-128", "tiny-64", "highpass-map-64", "local-evidence-64"])
 def test_scorer_export_parity(tmp_path, config):
     torch.manual_seed(1)
     models = _randomise(DetectorModels(FrameScorer(config), TemporalHead(HeadConfig(config.feature_dim))))
@@ -115,6 +117,29 @@ def test_highpass_input_and_training_only_region_map(tmp_path):
     assert loaded.config == config and torch.equal(loaded(crops)[1], logits)
 
 
+def test_local_evidence_scores_the_region_map():
+    """With local evidence the features are the map's K largest cell logits, sorted, from the last stage (in
+    the exported graph too), and the logit a positively weighted sum of them (more evidence, never a lower
+    score); it needs the map."""
+    torch.manual_seed(0)
+    config = ScorerConfig(64, (8, 16, 16), (1, 1, 1), highpass=True, aux_map=True, local_topk=5)
+    scorer = FrameScorer(config).eval()
+    assert config.feature_dim == 5 and config.map_stage == 2
+    crops = torch.rand(3, 3, 64, 64) * 255
+    feats, logits, region = scorer.forward_train(crops)
+    assert region.shape == (3, 1, 8, 8) and feats.shape == (3, 5)
+    cells = region.flatten(1).sort(dim=1, descending=True).values
+    assert torch.equal(feats, cells[:, :5])
+    weights = torch.nn.functional.softplus(scorer.classifier.weight)
+    assert (weights > 0).all() and torch.allclose(logits, (feats * weights).sum(1) + scorer.classifier.bias)
+    f2, l2 = scorer(crops)
+    assert torch.equal(f2, feats) and torch.equal(l2, logits)
+    with pytest.raises(ValueError, match="aux_map"):
+        ScorerConfig(64, (8, 16, 16), (1, 1, 1), local_topk=5)
+    with pytest.raises(ValueError, match="cells"):
+        ScorerConfig(64, (8, 16, 16), (1, 1, 1), aux_map=True, local_topk=65)
+
+
 def test_region_loss_targets_where_the_fake_differs():
     from swapwatch.engines.training import DetectorTrainer
 
@@ -127,6 +152,29 @@ def test_region_loss_targets_where_the_fake_differs():
     wrong = perfect.clone()
     wrong[1, 0, 1, 1] = -20.0
     assert DetectorTrainer._region_loss(perfect, crops) < 1e-6 < DetectorTrainer._region_loss(wrong, crops)
+
+
+def test_region_loss_boundary_target_where_the_blend_mask_is_known():
+    """With blend masks, a self-blended fake's target is its mask's boundary 4M(1-M) (max over a cell), not
+    where its pixels changed; a fake without a mask (-1) keeps the pixel-difference target."""
+    from swapwatch.engines.training import DetectorTrainer
+
+    real = np.full((32, 32, 3), 100, np.uint8)
+    fake = real.copy()
+    fake[8:24, 8:24] = 160  # the whole blended area changed
+    crops = np.stack([real, fake, real, fake])
+    soft = np.zeros((32, 32), np.float32)
+    soft[8:24, 8:24] = 1.0
+    soft[8:24, 8] = soft[8:24, 23] = soft[8, 8:24] = soft[23, 8:24] = 0.5  # a soft edge: boundary 1 there
+    no_mask = np.full((32, 32), -1.0, np.float32)
+    ring = torch.full((4, 4), -20.0)
+    ring[1:3, 1:3] = 20.0  # the cells (8:16, 16:24)^2 all hold the edge, and all changed
+    region = torch.full((4, 1, 4, 4), -20.0)
+    region[1, 0] = region[3, 0] = ring
+    assert DetectorTrainer._region_loss(region, crops, np.stack([soft, no_mask]).astype(np.float16)) < 1e-6
+    hard = (soft == 1.0).astype(np.float32)  # a hard-edged mask has no boundary: its fake's target is empty
+    assert DetectorTrainer._region_loss(region, crops, np.stack([hard, no_mask]).astype(np.float16)) > 1.0
+    assert DetectorTrainer._region_loss(region, crops) < 1e-6  # no masks: the difference target
 
 
 def test_masked_gru_is_a_gru():

@@ -211,3 +211,26 @@ def test_pair_pool_highpass_and_region_map_train_and_resume_exactly(shared_asset
     assert a["scorer_config"]["highpass"] and a["scorer_config"]["aux_map"]
     for name in a["scorer"]:
         assert torch.equal(a["scorer"][name], b["scorer"][name]), name
+
+
+def test_local_evidence_trains_and_needs_the_region_map(shared_assets, tmp_path):
+    """A run with local evidence and the blend-boundary map target trains, exports and loads (the head reads
+    K features); without the region map it is refused with one clear error."""
+    import torch
+
+    from swapwatch.cli import main
+    from swapwatch.engines.deepfake import DeepfakeDetector
+
+    media = [shared_assets / "videos" / "grid_bbaf2n.mpg", shared_assets / "videos" / "grid_brbk7n.mpg",
+             shared_assets / "faces" / "max_Bryan.png"]
+    extra = ("--pair-pool", "32", "--region-map", "1.0", "--region-target", "boundary", "--widths", "8,16,16",
+             "--local-evidence", "4")
+    assert main(_args(tmp_path / "local", media, *extra)[0]) == 0
+    saved = torch.load(tmp_path / "local" / "detector.pt", weights_only=True)
+    assert saved["scorer_config"]["local_topk"] == 4 and saved["head_config"]["feature_dim"] == 4
+    log = json.loads((tmp_path / "local" / "training_log.json").read_text())
+    assert log["config"]["region_target"] == "boundary"
+    detector = DeepfakeDetector.load(tmp_path / "local", backend="onnxruntime")
+    feats, _ = detector.frame_features(np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), np.uint8))
+    assert feats.shape == (2, 4) and (np.diff(feats, axis=1) <= 0).all()  # sorted cell logits
+    assert main(_args(tmp_path / "bad", media, "--local-evidence", "4")[0]) == 2  # no map to score

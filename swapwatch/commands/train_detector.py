@@ -73,9 +73,18 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     train.add_argument("--region-map", type=float, default=0.0, metavar="WEIGHT",
                        help="also train the scorer to map where each fake differs from its real frame "
                             "(dense supervision, training only), with this loss weight (0: off)")
+    train.add_argument("--region-target", choices=("diff", "boundary"), default="diff",
+                       help="what the region map learns for a self-blended fake: where it differs from its real "
+                            "frame, or the boundary of its blend mask (Face X-ray); other fakes use diff")
+    train.add_argument("--local-evidence", type=int, default=0, metavar="K",
+                       help="score a frame by the K most altered-looking cells of the region map, predicted from "
+                            "the last stage's patches (needs --region-map): a patch shows a seam, not who the "
+                            "person is (0: global pool of the last stage)")
     train.add_argument("--pair-pool", type=int, default=0, metavar="N",
                        help="render N (real, fake) pairs once and draw every scorer batch from them (with flips): "
                             "many more steps per minute on a CPU, less variety (0: fresh pairs every batch)")
+    train.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                       help="face-track cache, reusable across runs (default: OUT/cache)")
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -95,10 +104,12 @@ def config_from_args(args: argparse.Namespace):
         head_renders=args.head_renders, head_residual=args.residual_head,
         window=args.window, scorer_size=args.crop_size, scorer_widths=args.widths,
         scorer_blocks=(1,) * len(args.widths), scorer_highpass=args.highpass,
-        scorer_aux_map=args.region_map, pair_pool=args.pair_pool, max_frames=args.max_frames, val_identities=args.val_identities,
+        scorer_aux_map=args.region_map, scorer_local_topk=args.local_evidence, region_target=args.region_target,
+        pair_pool=args.pair_pool,
+        max_frames=args.max_frames, val_identities=args.val_identities,
         val_fraction=args.val_fraction, swap_fakes=args.swapwatch_fakes, swappers=args.swappers,
         swap_sources=args.swap_sources,
-        max_items=args.max_items, threads=args.threads, progress=not args.no_progress)
+        max_items=args.max_items, threads=args.threads, cache_dir=args.cache_dir, progress=not args.no_progress)
     return config, spec
 
 
