@@ -162,6 +162,18 @@ class TrainConfig:
             raise InputError(f"region target must be one of {', '.join(REGION_TARGETS)}")
         if self.scorer_local_topk and self.head_residual:
             raise InputError("the residual head adds a linear frame classifier's logits: not with local evidence")
+        self.scorer_config()  # crop size, widths and K checked before any data is read
+
+    def scorer_config(self):
+        """The frame scorer's :class:`~swapwatch.export.deepfake.ScorerConfig` (InputError when inconsistent)."""
+        from swapwatch.export.deepfake import ScorerConfig
+
+        try:
+            return ScorerConfig(self.scorer_size, self.scorer_widths, self.scorer_blocks,
+                                highpass=self.scorer_highpass, aux_map=self.scorer_aux_map > 0,
+                                local_topk=self.scorer_local_topk)
+        except ValueError as exc:
+            raise InputError(f"scorer: {exc}") from None
 
     def fingerprint(self) -> dict:
         """The settings a resumed run must share with the checkpoint (epoch counts may grow)."""
@@ -858,7 +870,7 @@ class DetectorTrainer:
     def __init__(self, config: TrainConfig, data: TrainingData, *, echo: Callable[[str], None] = print) -> None:
         import torch
 
-        from swapwatch.export.deepfake import FrameScorer, HeadConfig, ScorerConfig, TemporalHead
+        from swapwatch.export.deepfake import FrameScorer, HeadConfig, TemporalHead
 
         self.config = config
         self.data = data
@@ -868,9 +880,7 @@ class DetectorTrainer:
         self.template = detector_template(config.scorer_size, config.face_scale)
         self.renderer = ClipRenderer(self.template)
         torch.manual_seed(config.seed)
-        scfg = ScorerConfig(config.scorer_size, config.scorer_widths, config.scorer_blocks,
-                            highpass=config.scorer_highpass, aux_map=config.scorer_aux_map > 0,
-                            local_topk=config.scorer_local_topk)
+        scfg = config.scorer_config()
         self.scorer = FrameScorer(scfg)
         self.head = TemporalHead(HeadConfig(feature_dim=scfg.feature_dim, window=config.window,
                                             residual=config.head_residual))

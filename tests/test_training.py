@@ -213,7 +213,7 @@ def test_pair_pool_highpass_and_region_map_train_and_resume_exactly(shared_asset
         assert torch.equal(a["scorer"][name], b["scorer"][name]), name
 
 
-def test_local_evidence_trains_and_needs_the_region_map(shared_assets, tmp_path):
+def test_local_evidence_trains_and_needs_the_region_map(shared_assets, tmp_path, capsys):
     """A run with local evidence and the blend-boundary map target trains, exports and loads (the head reads
     K features); without the region map it is refused with one clear error."""
     import torch
@@ -234,3 +234,8 @@ def test_local_evidence_trains_and_needs_the_region_map(shared_assets, tmp_path)
     feats, _ = detector.frame_features(np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), np.uint8))
     assert feats.shape == (2, 4) and (np.diff(feats, axis=1) <= 0).all()  # sorted cell logits
     assert main(_args(tmp_path / "bad", media, "--local-evidence", "4")[0]) == 2  # no map to score
+    assert "--region-map" in capsys.readouterr().err
+    # more cells asked for than a 64 px crop's map has (8 x 8 after three stages): one line, before any data
+    assert main(_args(tmp_path / "bad", media, *extra[:-1], "65")[0]) == 2
+    err = capsys.readouterr().err
+    assert "local_topk must lie in [1, 64]" in err and "Traceback" not in err
