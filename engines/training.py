@@ -129,6 +129,7 @@ class TrainConfig:
     # What the region map learns for a self-blended fake: "diff" (where it differs from its real frame) or
     # "boundary" (where the blend mask blends, Face X-ray's 4M(1-M)). Fakes without a mask always use "diff".
     region_target: str = "diff"
+    scorer_stem: str = "resnet"  # "yunet": YuNet's first layers, started from its real weights (ScorerConfig.stem)
     # 0: render fresh pairs for every batch. N: render N pairs once and draw every epoch's batches from them
     # (with flips): rendering, not the network, bounds a step on a CPU, so a pool buys many more steps.
     pair_pool: int = 0
@@ -171,7 +172,7 @@ class TrainConfig:
         try:
             return ScorerConfig(self.scorer_size, self.scorer_widths, self.scorer_blocks,
                                 highpass=self.scorer_highpass, aux_map=self.scorer_aux_map > 0,
-                                local_topk=self.scorer_local_topk)
+                                local_topk=self.scorer_local_topk, stem=self.scorer_stem)
         except ValueError as exc:
             raise InputError(f"scorer: {exc}") from None
 
@@ -867,7 +868,8 @@ REGION_TARGETS = ("diff", "boundary")
 
 
 class DetectorTrainer:
-    def __init__(self, config: TrainConfig, data: TrainingData, *, echo: Callable[[str], None] = print) -> None:
+    def __init__(self, config: TrainConfig, data: TrainingData, *, echo: Callable[[str], None] = print,
+                 stem_weights: Path | None = None) -> None:
         import torch
 
         from swapwatch.export.deepfake import FrameScorer, HeadConfig, TemporalHead
@@ -884,7 +886,15 @@ class DetectorTrainer:
         self.scorer = FrameScorer(scfg)
         self.head = TemporalHead(HeadConfig(feature_dim=scfg.feature_dim, window=config.window,
                                             residual=config.head_residual))
-        self.scorer_opt = torch.optim.AdamW(self.scorer.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        groups = [{"params": [p for n, p in self.scorer.named_parameters() if not n.startswith("stem.")]},
+                  {"params": list(self.scorer.stem.parameters())}]
+        if scfg.stem == "yunet":
+            if stem_weights is None:
+                raise InputError("the yunet stem starts from YuNet's weights: no YuNet model was given")
+            self.scorer.load_stem(stem_weights)
+            # Pretrained filters: a tenth of the learning rate and no weight decay (which would pull them to 0).
+            groups[1].update(lr_scale=0.1, weight_decay=0.0)
+        self.scorer_opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         self.head_opt = torch.optim.AdamW(self.head.parameters(), lr=config.head_lr, weight_decay=config.weight_decay)
         self.history: list[dict] = []
         self.stage, self.epoch = "scorer", 0  # the next epoch to run
@@ -1107,7 +1117,7 @@ class DetectorTrainer:
                 if k + 1 < steps:
                     future = pool.submit(make_batch, epoch, k + 1)
                 for group in self.scorer_opt.param_groups:
-                    group["lr"] = self._lr(cfg.lr, epoch * steps + k, total)
+                    group["lr"] = self._lr(cfg.lr, epoch * steps + k, total) * group.get("lr_scale", 1.0)
                 _, logits, region = self.scorer.forward_train(torch.from_numpy(to_input(crops)))
                 loss = self._scorer_loss(logits, torch.from_numpy(labels))
                 if region is not None:
@@ -1376,7 +1386,7 @@ def train(config: TrainConfig, spec: DataSpec, *, resume: bool = False, detector
          f"{s['val_real']['tracks']} validation tracks ({', '.join(data.val_ids) or 'none'}), "
          f"{s['swapped_tracks']} swapped tracks, {s['train_labelled_fake']['tracks']} + "
          f"{s['val_labelled_fake']['tracks']} labelled fake tracks ({time.perf_counter() - started:.0f} s)")
-    trainer = DetectorTrainer(config, data, echo=echo)
+    trainer = DetectorTrainer(config, data, echo=echo, stem_weights=model)
     result = trainer.run(resume=resume, stop_after=stop_after)
     result.seconds = time.perf_counter() - started
     return result

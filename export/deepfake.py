@@ -67,20 +67,33 @@ class ScorerConfig:
     # handful of training identities, a global pool learns "unfamiliar face = fake". Needs ``aux_map``; the
     # map is then part of the exported graph.
     local_topk: int = 0
+    # "yunet": the stem is YuNet 2023mar's first layers (to stride 8, 64 channels), started from its real
+    # weights (``FrameScorer.load_stem``): filters learned on hundreds of thousands of real faces, where our
+    # own training sees 17 people. It reads raw BGR pixels, so it excludes ``highpass``.
+    stem: str = "resnet"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
         if len(self.widths) != len(self.blocks) or not self.widths:
             raise ValueError("widths and blocks need one entry per stage")
-        if self.size % (2 ** len(self.widths)) != 0:
-            raise ValueError(f"crop size {self.size} must be divisible by {2 ** len(self.widths)}")
+        if self.stem not in ("resnet", "yunet"):
+            raise ValueError(f"unknown stem {self.stem!r} (resnet or yunet)")
+        if self.stem == "yunet" and self.highpass:
+            raise ValueError("the yunet stem reads raw pixels: no highpass")
+        if self.size % self.stride != 0:
+            raise ValueError(f"crop size {self.size} must be divisible by {self.stride}")
         if self.local_topk:
             if not self.aux_map:
                 raise ValueError("local_topk scores the altered-region map: it needs aux_map")
-            cells = (self.size // 2 ** len(self.widths)) ** 2
+            cells = (self.size // self.stride) ** 2
             if not 1 <= self.local_topk <= cells:
                 raise ValueError(f"local_topk must lie in [1, {cells}] (the map's cells)")
+
+    @property
+    def stride(self) -> int:
+        """The last stage's stride: the stem's (2, or 8 for YuNet's), and 2 for every stage after the first."""
+        return (8 if self.stem == "yunet" else 2) * 2 ** (len(self.widths) - 1)
 
     @property
     def map_stage(self) -> int:
@@ -133,6 +146,53 @@ class BasicBlock(nn.Module):
         return torch.relu(self.conv2(torch.relu(self.conv1(x))) + self.shortcut(x))
 
 
+class YuNetStem(nn.Module):
+    """YuNet 2023mar's first 11 convolutions (BN folded into biases in the released ONNX): a 3x3 stride-2
+    convolution, then pointwise + depthwise 3x3 pairs with max pools, to 64 channels at stride 8. Input: BGR
+    pixel values 0..255, as YuNet reads them."""
+
+    PLAN = (16, "pool", 16, 32, 32, 64, "pool")  # output channels of each pointwise + depthwise pair
+    CONVS = 11
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(inplace=True)]
+        cin = 16
+        for step in self.PLAN:
+            if step == "pool":
+                layers.append(nn.MaxPool2d(2, 2))
+                continue
+            layers += [nn.Conv2d(cin, step, 1), nn.Conv2d(step, step, 3, 1, 1, groups=step), nn.ReLU(inplace=True)]
+            cin = step
+        self.layers = nn.Sequential(*layers)
+        self.out_channels = cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+    def load_onnx(self, path: str | Path) -> None:
+        """Copy the weights of the first convolutions of a YuNet ONNX file (strict on shapes)."""
+        import onnx
+        from onnx import numpy_helper
+
+        try:
+            graph = onnx.load(str(path)).graph
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a bad model file
+            raise ModelError(f"cannot read YuNet from {path}: {exc}") from None
+        weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        convs = [n for n in graph.node if n.op_type == "Conv"][:self.CONVS]
+        ours = [m for m in self.layers if isinstance(m, nn.Conv2d)]
+        if len(convs) < len(ours):
+            raise ModelError(f"{path}: {len(convs)} convolutions, the YuNet stem needs {len(ours)}")
+        with torch.no_grad():
+            for node, conv in zip(convs, ours):
+                w, b = (weights.get(name) for name in (node.input[1], node.input[2] if len(node.input) > 2 else ""))
+                if w is None or b is None or tuple(w.shape) != tuple(conv.weight.shape):
+                    raise ModelError(f"{path} does not look like YuNet 2023mar (convolution {node.name!r})")
+                conv.weight.copy_(torch.from_numpy(w.copy()))
+                conv.bias.copy_(torch.from_numpy(b.copy()))
+
+
 class MonotoneLinear(nn.Linear):
     """A linear layer whose weights are kept positive (softplus of the stored ones): the output can only rise
     with each input. Over the map's sorted cell logits, a frame's score then only rises with its evidence; a
@@ -165,9 +225,13 @@ class FrameScorer(nn.Module):
             k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
             k = torch.outer(k, k) / 256.0
             self.register_buffer("blur_kernel", k.expand(3, 1, 5, 5).clone(), persistent=False)
-        self.stem = nn.Sequential(_conv_bn(6 if config.highpass else 3, widths[0], 2), nn.ReLU(inplace=True))
+        if config.stem == "yunet":
+            self.stem = YuNetStem()
+            cin = self.stem.out_channels
+        else:
+            self.stem = nn.Sequential(_conv_bn(6 if config.highpass else 3, widths[0], 2), nn.ReLU(inplace=True))
+            cin = widths[0]
         stages = []
-        cin = widths[0]
         for i, (width, blocks) in enumerate(zip(widths, config.blocks)):
             layers = [BasicBlock(cin if j == 0 else width, width, (1 if i == 0 else 2) if j == 0 else 1)
                       for j in range(blocks)]
@@ -182,10 +246,18 @@ class FrameScorer(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         # Zero the last BN of each residual branch: every block starts as the identity (stabler early training).
         for m in self.modules():
             if isinstance(m, BasicBlock):
                 nn.init.zeros_(m.conv2[1].weight)
+
+    def load_stem(self, path: str | Path) -> None:
+        """Start the YuNet stem from a YuNet ONNX file's weights."""
+        if self.config.stem != "yunet":
+            raise ValueError("only the yunet stem loads pretrained weights")
+        self.stem.load_onnx(path)
 
     def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features, logits, _ = self.forward_train(crops, with_map=False)
@@ -193,7 +265,7 @@ class FrameScorer(nn.Module):
 
     def forward_train(self, crops: torch.Tensor, *, with_map: bool = True):
         """(features, logits, altered-region map logits (N, 1, S/4, S/4) or None)."""
-        x = (crops - self.PIXEL_MEAN) * self.PIXEL_SCALE
+        x = crops if self.config.stem == "yunet" else (crops - self.PIXEL_MEAN) * self.PIXEL_SCALE
         if self.config.highpass:
             blurred = nn.functional.conv2d(nn.functional.pad(x, (2, 2, 2, 2), mode="replicate"),
                                            self.blur_kernel, groups=3)

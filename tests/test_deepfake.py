@@ -140,6 +140,45 @@ def test_local_evidence_scores_the_region_map():
         ScorerConfig(64, (8, 16, 16), (1, 1, 1), aux_map=True, local_topk=65)
 
 
+def test_yunet_stem_is_yunets_first_layers(yunet_onnx, tmp_path):
+    """The yunet stem loaded from YuNet's ONNX computes exactly YuNet's own graph up to its second max pool
+    (run by ONNX Runtime on the extracted sub-graph); a scorer on it exports with parity; a file that is not
+    YuNet is a ModelError."""
+    import onnx
+    import onnxruntime as ort
+
+    from swapwatch.errors import ModelError
+    from swapwatch.export.deepfake import YuNetStem
+
+    graph = onnx.load(str(yunet_onnx)).graph
+    pools = [n for n in graph.node if n.op_type == "MaxPool"]
+    sub = tmp_path / "stem.onnx"
+    onnx.utils.extract_model(str(yunet_onnx), str(sub), [graph.input[0].name], [pools[1].output[0]])
+    x = (np.random.default_rng(0).random((1, 3, 640, 640)) * 255).astype(np.float32)  # YuNet's fixed input
+    expected = ort.InferenceSession(str(sub), providers=["CPUExecutionProvider"]).run(None, {graph.input[0].name: x})[0]
+    stem = YuNetStem().eval()
+    stem.load_onnx(yunet_onnx)
+    with torch.no_grad():
+        got = stem(torch.from_numpy(x)).numpy()
+    assert got.shape == expected.shape == (1, 64, 80, 80)
+    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+
+    config = ScorerConfig(64, (32,), (1,), aux_map=True, local_topk=4, stem="yunet")
+    assert config.stride == 8 and config.feature_dim == 4
+    scorer = FrameScorer(config)
+    scorer.load_stem(yunet_onnx)
+    assert torch.equal(scorer.stem.layers[0].weight, stem.layers[0].weight)
+    models = DetectorModels(scorer.eval(), TemporalHead(HeadConfig(config.feature_dim)))
+    path = export_scorer(models.scorer, tmp_path / "scorer.onnx")
+    assert check_parity(models.scorer, path, scorer_parity_inputs(config), atol=1e-4).worst <= 1e-4
+
+    with pytest.raises(ValueError, match="highpass"):
+        ScorerConfig(64, (32,), (1,), highpass=True, stem="yunet")
+    not_yunet = export_scorer(FrameScorer(ScorerConfig(64, (8, 16), (1, 1))), tmp_path / "other.onnx")
+    with pytest.raises(ModelError, match="YuNet"):
+        YuNetStem().load_onnx(not_yunet)
+
+
 def test_region_loss_targets_where_the_fake_differs():
     from swapwatch.engines.training import DetectorTrainer
 

@@ -239,3 +239,31 @@ def test_local_evidence_trains_and_needs_the_region_map(shared_assets, tmp_path,
     assert main(_args(tmp_path / "bad", media, *extra[:-1], "65")[0]) == 2
     err = capsys.readouterr().err
     assert "local_topk must lie in [1, 64]" in err and "Traceback" not in err
+
+
+def test_yunet_stem_trains_from_yunets_weights(shared_assets, tmp_path, capsys):
+    """--stem yunet starts the scorer's first layers from YuNet's real weights (the same file that finds the
+    faces), trains them at a tenth of the learning rate, and the folder loads; with --highpass it is refused."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from swapwatch.cli import main
+    from swapwatch.engines.deepfake import DeepfakeDetector
+
+    media = [shared_assets / "videos" / "grid_bbaf2n.mpg", shared_assets / "videos" / "grid_brbk7n.mpg",
+             shared_assets / "faces" / "max_Bryan.png"]
+    extra = ("--pair-pool", "32", "--region-map", "1.0", "--stem", "yunet", "--widths", "16",
+             "--local-evidence", "4")
+    assert main(_args(tmp_path / "y", media, *extra)[0]) == 0
+    saved = torch.load(tmp_path / "y" / "detector.pt", weights_only=True)
+    assert saved["scorer_config"]["stem"] == "yunet"
+    yunet = onnx.load(str(shared_assets / "models" / "face_detection_yunet_2023mar.onnx")).graph
+    first = numpy_helper.to_array(next(t for t in yunet.initializer
+                                       if t.name == next(n for n in yunet.node if n.op_type == "Conv").input[1]))
+    trained = saved["scorer"]["stem.layers.0.weight"].numpy()
+    # Started from YuNet's filters and moved only a little (a tenth of the learning rate, 4 steps).
+    assert np.abs(trained - first).max() < 0.1 * np.abs(first).max()
+    DeepfakeDetector.load(tmp_path / "y", backend="onnxruntime")
+    assert main(_args(tmp_path / "bad", media, *extra, "--highpass")[0]) == 2
+    assert "highpass" in capsys.readouterr().err

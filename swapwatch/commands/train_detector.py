@@ -76,6 +76,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     train.add_argument("--region-target", choices=("diff", "boundary"), default="diff",
                        help="what the region map learns for a self-blended fake: where it differs from its real "
                             "frame, or the boundary of its blend mask (Face X-ray); other fakes use diff")
+    train.add_argument("--stem", choices=("resnet", "yunet"), default="resnet",
+                       help="the scorer's first layers: our own (trained from scratch) or YuNet's first 11 "
+                            "convolutions started from its real weights (to stride 8; not with --highpass)")
     train.add_argument("--local-evidence", type=int, default=0, metavar="K",
                        help="score a frame by the K most altered-looking cells of the region map, predicted from "
                             "the last stage's patches (needs --region-map): a patch shows a seam, not who the "
@@ -105,6 +108,7 @@ def config_from_args(args: argparse.Namespace):
         window=args.window, scorer_size=args.crop_size, scorer_widths=args.widths,
         scorer_blocks=(1,) * len(args.widths), scorer_highpass=args.highpass,
         scorer_aux_map=args.region_map, scorer_local_topk=args.local_evidence, region_target=args.region_target,
+        scorer_stem=args.stem,
         pair_pool=args.pair_pool,
         max_frames=args.max_frames, val_identities=args.val_identities,
         val_fraction=args.val_fraction, swap_fakes=args.swapwatch_fakes, swappers=args.swappers,
