@@ -117,6 +117,12 @@ def test_roc_auc_matches_pairwise_count():
 # ---- end to end ---------------------------------------------------------------------------------------------
 
 
+def _two_clips_and_a_photo(assets: Path) -> list[Path]:
+    """Media for the quick training runs: the second clip is the held-out identity (see _args)."""
+    return [assets / "videos" / "grid_bbaf2n.mpg", assets / "videos" / "grid_brbk7n.mpg",
+            assets / "faces" / "max_Bryan.png"]
+
+
 def _args(out: Path, media: list[Path], *extra: str):
     from swapwatch.cli import build_parser
 
@@ -195,8 +201,7 @@ def test_pair_pool_highpass_and_region_map_train_and_resume_exactly(shared_asset
     from swapwatch.cli import main
     from swapwatch.commands.train_detector import config_from_args
 
-    media = [shared_assets / "videos" / "grid_bbaf2n.mpg", shared_assets / "videos" / "grid_brbk7n.mpg",
-             shared_assets / "faces" / "max_Bryan.png"]
+    media = _two_clips_and_a_photo(shared_assets)
     extra = ("--pair-pool", "32", "--highpass", "--region-map", "1.0")
     argv, _ = _args(tmp_path / "a", media, *extra)
     assert main(argv) == 0
@@ -221,8 +226,7 @@ def test_local_evidence_trains_and_needs_the_region_map(shared_assets, tmp_path,
     from swapwatch.cli import main
     from swapwatch.engines.deepfake import DeepfakeDetector
 
-    media = [shared_assets / "videos" / "grid_bbaf2n.mpg", shared_assets / "videos" / "grid_brbk7n.mpg",
-             shared_assets / "faces" / "max_Bryan.png"]
+    media = _two_clips_and_a_photo(shared_assets)
     extra = ("--pair-pool", "32", "--region-map", "1.0", "--region-target", "boundary", "--widths", "8,16,16",
              "--local-evidence", "4")
     assert main(_args(tmp_path / "local", media, *extra)[0]) == 0
@@ -251,8 +255,7 @@ def test_yunet_stem_trains_from_yunets_weights(shared_assets, tmp_path, capsys):
     from swapwatch.cli import main
     from swapwatch.engines.deepfake import DeepfakeDetector
 
-    media = [shared_assets / "videos" / "grid_bbaf2n.mpg", shared_assets / "videos" / "grid_brbk7n.mpg",
-             shared_assets / "faces" / "max_Bryan.png"]
+    media = _two_clips_and_a_photo(shared_assets)
     extra = ("--pair-pool", "32", "--region-map", "1.0", "--stem", "yunet", "--widths", "16",
              "--local-evidence", "4")
     assert main(_args(tmp_path / "y", media, *extra)[0]) == 0
