@@ -886,15 +886,17 @@ class DetectorTrainer:
         self.scorer = FrameScorer(scfg)
         self.head = TemporalHead(HeadConfig(feature_dim=scfg.feature_dim, window=config.window,
                                             residual=config.head_residual))
-        groups = [{"params": [p for n, p in self.scorer.named_parameters() if not n.startswith("stem.")]},
-                  {"params": list(self.scorer.stem.parameters())}]
+        params: list = list(self.scorer.parameters())
         if scfg.stem == "yunet":
             if stem_weights is None:
                 raise InputError("the yunet stem starts from YuNet's weights: no YuNet model was given")
             self.scorer.load_stem(stem_weights)
             # Pretrained filters: a tenth of the learning rate and no weight decay (which would pull them to 0).
-            groups[1].update(lr_scale=0.1, weight_decay=0.0)
-        self.scorer_opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+            named = list(self.scorer.named_parameters())
+            params = [{"params": [p for n, p in named if not n.startswith("stem.")]},
+                      {"params": [p for n, p in named if n.startswith("stem.")], "lr_scale": 0.1,
+                       "weight_decay": 0.0}]
+        self.scorer_opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.head_opt = torch.optim.AdamW(self.head.parameters(), lr=config.head_lr, weight_decay=config.weight_decay)
         self.history: list[dict] = []
         self.stage, self.epoch = "scorer", 0  # the next epoch to run
