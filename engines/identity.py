@@ -54,12 +54,9 @@ def _graph_normalisation(path: Path) -> tuple[float, float]:
     """Input mean and std the way ``ArcFaceONNX`` infers them: graphs converted from MXNet carry their own
     ``Sub``/``Mul`` (``_minus``/``_mul``) preprocessing among the first 8 nodes and take raw 0..255 pixels;
     the others (w600k_r50 among them) want ``(x - 127.5) / 127.5``."""
-    import onnx
+    from swapwatch.export.onnx_export import read_onnx_graph
 
-    try:
-        graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception as exc:  # protobuf decode errors and the like
-        raise ModelError(f"cannot read ONNX graph {path.name}: {exc}") from exc
+    graph = read_onnx_graph(path, external_data=False)
     names = [node.name for node in graph.node[:8]]
     has_sub = any(n.startswith(("Sub", "_minus")) for n in names)
     has_mul = any(n.startswith(("Mul", "_mul")) for n in names)

@@ -30,14 +30,12 @@ from swapwatch.errors import ModelError
 
 def read_emap(path: str | Path) -> np.ndarray:
     """The identity projection stored as the graph's last initializer (InsightFace reads it the same way)."""
-    import onnx
     from onnx import numpy_helper
 
+    from swapwatch.export.onnx_export import read_onnx_graph
+
     path = Path(path)
-    try:
-        graph = onnx.load(str(path)).graph
-    except Exception as exc:  # protobuf decode errors, missing external data
-        raise ModelError(f"cannot read ONNX graph {path.name}: {exc}") from exc
+    graph = read_onnx_graph(path)
     if not graph.initializer:
         raise ModelError(f"{path.name} has no initializers, so no emap: not an inswapper graph")
     emap = numpy_helper.to_array(graph.initializer[-1])

@@ -172,13 +172,11 @@ class YuNetStem(nn.Module):
 
     def load_onnx(self, path: str | Path) -> None:
         """Copy the weights of the first convolutions of a YuNet ONNX file (strict on shapes)."""
-        import onnx
         from onnx import numpy_helper
 
-        try:
-            graph = onnx.load(str(path)).graph
-        except Exception as exc:  # noqa: BLE001 - any parse failure is a bad model file
-            raise ModelError(f"cannot read YuNet from {path}: {exc}") from None
+        from swapwatch.export.onnx_export import read_onnx_graph
+
+        graph = read_onnx_graph(path)
         weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         convs = [n for n in graph.node if n.op_type == "Conv"][:self.CONVS]
         ours = [m for m in self.layers if isinstance(m, nn.Conv2d)]
@@ -264,7 +262,7 @@ class FrameScorer(nn.Module):
         return features, logits
 
     def forward_train(self, crops: torch.Tensor, *, with_map: bool = True):
-        """(features, logits, altered-region map logits (N, 1, S/4, S/4) or None)."""
+        """(features, logits, altered-region map logits (N, 1, h, w) at the map stage's resolution, or None)."""
         x = crops if self.config.stem == "yunet" else (crops - self.PIXEL_MEAN) * self.PIXEL_SCALE
         if self.config.highpass:
             blurred = nn.functional.conv2d(nn.functional.pad(x, (2, 2, 2, 2), mode="replicate"),

@@ -135,6 +135,18 @@ def check_parity(module, onnx_path: str | Path, input_sets: Sequence[tuple[np.nd
     return report
 
 
+def read_onnx_graph(path: str | Path, *, external_data: bool = True):
+    """The graph of an ONNX file, for reading its nodes or weights; a file that does not parse (protobuf decode
+    errors, missing external data) is a :class:`ModelError` naming it."""
+    import onnx
+
+    path = Path(path)
+    try:
+        return onnx.load(str(path), load_external_data=external_data).graph
+    except Exception as exc:  # noqa: BLE001 - any parse failure means "not a readable ONNX graph"
+        raise ModelError(f"cannot read ONNX graph {path.name}: {exc}") from exc
+
+
 def save_onnx_atomically(model, path: Path) -> None:
     """Write an in-memory ONNX model beside ``path`` and rename it into place."""
     import onnx

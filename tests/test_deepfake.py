@@ -178,6 +178,16 @@ def test_yunet_stem_is_yunets_first_layers(yunet_onnx, tmp_path):
     with pytest.raises(ModelError, match="YuNet"):
         YuNetStem().load_onnx(not_yunet)
 
+    # A file that is not ONNX at all: one ModelError naming it, from every reader of ONNX graphs.
+    from swapwatch.engines.identity import _graph_normalisation
+    from swapwatch.engines.inswapper import read_emap
+
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08not a protobuf" * 10)
+    for read in (YuNetStem().load_onnx, read_emap, _graph_normalisation):
+        with pytest.raises(ModelError, match="cannot read ONNX graph garbage.onnx"):
+            read(garbage)
+
 
 def test_region_loss_targets_where_the_fake_differs():
     from swapwatch.engines.training import DetectorTrainer
