@@ -6,7 +6,10 @@ the scoring are that test's own functions). Prints one line per model: cases rig
 window probability and mean frame probability (`!` marks a wrong verdict).
 
 Usage: python bench/deepfake_acceptance.py [MODEL_DIR|default ...] [--assets ../shared/assets]
-Only meaningful for models that did not train on grid_lbbc2a and grid_s2_swwp2s.
+           [--clips grid_bbaf2n,grid_lrwp9a --source-photo max_Chris.jpeg]
+Only meaningful for models that did not train on the clips' identities nor on the source photo's (by default
+grid_lbbc2a, grid_s2_swwp2s and max_Luciano, the default model's held-out identities). Other clips let a
+recipe be chosen on another held-out split before it is trained on the default split.
 """
 
 from __future__ import annotations
@@ -29,11 +32,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="*", default=["default"], help="detector folders, or 'default'")
     parser.add_argument("--assets", type=Path, default=ROOT.parent / "shared" / "assets")
+    parser.add_argument("--clips", default=",".join(acceptance.HELD_OUT),
+                        help="comma-separated clip names in ASSETS/videos (default: %(default)s)")
+    parser.add_argument("--source-photo", default=acceptance.SOURCE_PHOTO,
+                        help="face photo in ASSETS/faces swapped onto the clips (default: %(default)s)")
     args = parser.parse_args()
     yunet = args.assets / "models" / "face_detection_yunet_2023mar.onnx"
     clips = {c: acceptance._held_out_versions(args.assets / "videos" / f"{c}.mpg",
-                                              args.assets / "faces" / acceptance.SOURCE_PHOTO, yunet)
-             for c in acceptance.HELD_OUT}
+                                              args.assets / "faces" / args.source_photo, yunet)
+             for c in args.clips.split(",")}
     for model in args.models:
         detector = DeepfakeDetector.load(None if model == "default" else model, backend="onnxruntime", device="cpu")
         right, cases = 0, []

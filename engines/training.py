@@ -112,7 +112,9 @@ class TrainConfig:
     head_batch: int = 64
     head_lr: float = 3e-3
     head_renders: int = 3  # renders of each (track, kind) clip whose features the head trains on
-    head_residual: bool = False  # True: the GRU head corrects the mean frame logit (measured: no better here)
+    # "gru": the original head; "residual": the GRU corrects the window's mean frame logit (measured on the
+    # first model: no better); "mean": the mean frame logit itself, nothing to train (HeadConfig.frame_mean).
+    head: str = "gru"
     head_feature_noise: float = 0.5  # Gaussian noise on the standardised features while the head trains
     window: int = 20
     min_window: int = 6  # shortest (masked) window the head trains on
@@ -130,6 +132,9 @@ class TrainConfig:
     # "boundary" (where the blend mask blends, Face X-ray's 4M(1-M)). Fakes without a mask always use "diff".
     region_target: str = "diff"
     scorer_stem: str = "resnet"  # "yunet": YuNet's first layers, started from its real weights (ScorerConfig.stem)
+    # Learning-rate factor of the pretrained YuNet stem (no weight decay on it); 0 freezes it: its filters
+    # were learned on far more faces than any training set here, and 17 people can only narrow them.
+    stem_lr_scale: float = 0.1
     # 0: render fresh pairs for every batch. N: render N pairs once and draw every epoch's batches from them
     # (with flips): rendering, not the network, bounds a step on a CPU, so a pool buys many more steps.
     pair_pool: int = 0
@@ -161,8 +166,10 @@ class TrainConfig:
             raise InputError("local evidence scores the region map: give --region-map a weight > 0")
         if self.region_target not in REGION_TARGETS:
             raise InputError(f"region target must be one of {', '.join(REGION_TARGETS)}")
-        if self.scorer_local_topk and self.head_residual:
-            raise InputError("the residual head adds a linear frame classifier's logits: not with local evidence")
+        if self.head not in HEADS:
+            raise InputError(f"head must be one of {', '.join(HEADS)}")
+        if self.stem_lr_scale < 0:
+            raise InputError("stem_lr_scale must be >= 0 (0 freezes the stem)")
         self.scorer_config()  # crop size, widths and K checked before any data is read
 
     def scorer_config(self):
@@ -865,6 +872,7 @@ class TrainResult:
 # A mean absolute difference of this many grey levels over a map cell counts as fully altered.
 REGION_DIFF_LEVELS = 8.0
 REGION_TARGETS = ("diff", "boundary")
+HEADS = ("gru", "residual", "mean")
 
 
 class DetectorTrainer:
@@ -885,19 +893,25 @@ class DetectorTrainer:
         scfg = config.scorer_config()
         self.scorer = FrameScorer(scfg)
         self.head = TemporalHead(HeadConfig(feature_dim=scfg.feature_dim, window=config.window,
-                                            residual=config.head_residual))
+                                            residual=config.head == "residual", frame_mean=config.head == "mean",
+                                            monotone=bool(scfg.local_topk)))
         params: list = list(self.scorer.parameters())
         if scfg.stem == "yunet":
             if stem_weights is None:
                 raise InputError("the yunet stem starts from YuNet's weights: no YuNet model was given")
             self.scorer.load_stem(stem_weights)
-            # Pretrained filters: a tenth of the learning rate and no weight decay (which would pull them to 0).
+            # Pretrained filters: a smaller learning rate and no weight decay (which would pull them to 0), or
+            # frozen (then not in the optimizer at all, and no gradient is computed through them).
             named = list(self.scorer.named_parameters())
-            params = [{"params": [p for n, p in named if not n.startswith("stem.")]},
-                      {"params": [p for n, p in named if n.startswith("stem.")], "lr_scale": 0.1,
-                       "weight_decay": 0.0}]
+            params = [{"params": [p for n, p in named if not n.startswith("stem.")]}]
+            if config.stem_lr_scale > 0:
+                params.append({"params": [p for n, p in named if n.startswith("stem.")],
+                               "lr_scale": config.stem_lr_scale, "weight_decay": 0.0})
+            else:
+                self.scorer.stem.requires_grad_(False)
         self.scorer_opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.head_opt = torch.optim.AdamW(self.head.parameters(), lr=config.head_lr, weight_decay=config.weight_decay)
+        self.head_opt = (torch.optim.AdamW(self.head.parameters(), lr=config.head_lr,
+                                           weight_decay=config.weight_decay) if self.head.config.trainable else None)
         self.history: list[dict] = []
         self.stage, self.epoch = "scorer", 0  # the next epoch to run
         self.val = self._render_val()
@@ -921,7 +935,8 @@ class DetectorTrainer:
         payload = {"stage": self.stage, "epoch": self.epoch, "history": json.dumps(self.history),
                    "fingerprint": json.dumps(self.config.fingerprint()),
                    "scorer": self.scorer.state_dict(), "head": self.head.state_dict(),
-                   "scorer_opt": self.scorer_opt.state_dict(), "head_opt": self.head_opt.state_dict()}
+                   "scorer_opt": self.scorer_opt.state_dict(),
+                   "head_opt": self.head_opt.state_dict() if self.head_opt else {}}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         torch.save(payload, tmp)
         os.replace(tmp, path)
@@ -944,7 +959,8 @@ class DetectorTrainer:
         self.scorer.load_state_dict(payload["scorer"])
         self.head.load_state_dict(payload["head"])
         self.scorer_opt.load_state_dict(payload["scorer_opt"])
-        self.head_opt.load_state_dict(payload["head_opt"])
+        if self.head_opt:
+            self.head_opt.load_state_dict(payload["head_opt"])
         self.stage, self.epoch = payload["stage"], int(payload["epoch"])
         self.history = json.loads(payload["history"])
         self.echo(f"resumed from {path}: {self.stage} stage, next epoch {self.epoch + 1}")
@@ -1242,8 +1258,6 @@ class DetectorTrainer:
             feats = np.concatenate([s for g in self._head_train for s, _ in g])
             if self.stage == "head" and epoch == 0:
                 self.head.set_normalisation(feats.mean(0), feats.std(0))
-                if self.config.head_residual:
-                    self.head.set_frame_classifier(self.scorer.classifier)
         torch.manual_seed(cfg.seed * 1000 + 500 + epoch)
         rng = np.random.default_rng([cfg.seed, 2, epoch])
         self.head.train()
@@ -1328,8 +1342,10 @@ class DetectorTrainer:
                 ran += 1
                 self.save_checkpoint()
             self.stage, self.epoch = "head", 0
+            if self.head.config.uses_frame_classifier:  # the scorer is final from here on
+                self.head.set_frame_classifier(self.scorer.classifier)
             self.save_checkpoint()
-        while self.epoch < cfg.head_epochs:
+        while self.head.config.trainable and self.epoch < cfg.head_epochs:
             if stop_after is not None and ran >= stop_after:
                 return TrainResult(cfg.out, self.history, {}, time.perf_counter() - start)
             t0 = time.perf_counter()

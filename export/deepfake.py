@@ -117,11 +117,27 @@ class HeadConfig:
     # Residual variant: add the window's mean frame logit (from a frozen copy of the scorer's classifier) to
     # the GRU head's output, so the head learns a temporal correction to the frame scores. Off: the original.
     residual: bool = False
+    # Frame-mean variant: the window's logit is the mean of its frames' logits (the frozen classifier copy),
+    # no GRU and nothing to train. With a handful of training identities a learned head fits their windows
+    # and can undo what the frames show on new people.
+    frame_mean: bool = False
+    # The scorer's classifier is a MonotoneLinear (local evidence): the frozen copy must be one too.
+    monotone: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if self.window < 1 or not self.hidden:
             raise ValueError("the head needs a window of at least 1 frame and at least one GRU layer")
+        if self.residual and self.frame_mean:
+            raise ValueError("a head is residual or frame-mean, not both")
+
+    @property
+    def uses_frame_classifier(self) -> bool:
+        return self.residual or self.frame_mean
+
+    @property
+    def trainable(self) -> bool:
+        return not self.frame_mean
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,7 +341,8 @@ class MaskedGRU(nn.Module):
 
 
 class TemporalHead(nn.Module):
-    """GRU 16 -> GRU 8 -> dropout -> dense 8 (ReLU) -> dense 1 on the last step's state.
+    """GRU 16 -> GRU 8 -> dropout -> dense 8 (ReLU) -> dense 1 on the last step's state (or, with
+    ``frame_mean``, the masked mean of the frames' logits).
 
     The scorer is frozen while the head trains, so the features are standardised with the training set's
     per-dimension mean and standard deviation, stored as buffers (part of the exported graph).
@@ -336,14 +353,16 @@ class TemporalHead(nn.Module):
         self.config = config
         self.register_buffer("feature_mean", torch.zeros(config.feature_dim))
         self.register_buffer("feature_std", torch.ones(config.feature_dim))
-        sizes = (config.feature_dim, *config.hidden)
-        self.grus = nn.ModuleList(MaskedGRU(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.dropout = nn.Dropout(config.dropout)
-        self.dense = nn.Linear(sizes[-1], config.dense)
-        self.out = nn.Linear(config.dense, 1)
-        if config.residual:
-            self.frame_classifier = nn.Linear(config.feature_dim, 1)
+        if not config.frame_mean:
+            sizes = (config.feature_dim, *config.hidden)
+            self.grus = nn.ModuleList(MaskedGRU(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+            self.dropout = nn.Dropout(config.dropout)
+            self.dense = nn.Linear(sizes[-1], config.dense)
+            self.out = nn.Linear(config.dense, 1)
+        if config.uses_frame_classifier:
+            self.frame_classifier = (MonotoneLinear if config.monotone else nn.Linear)(config.feature_dim, 1)
             self.frame_classifier.requires_grad_(False)
+        if config.residual:
             nn.init.zeros_(self.out.weight)  # starts as the mean of the frame logits
             nn.init.zeros_(self.out.bias)
 
@@ -352,19 +371,25 @@ class TemporalHead(nn.Module):
         self.feature_std.copy_(torch.as_tensor(np.maximum(std, 1e-4), dtype=torch.float32))
 
     def set_frame_classifier(self, classifier: nn.Linear) -> None:
-        """The residual variant's frozen copy of the scorer's per-frame classifier."""
+        """The residual and frame-mean variants' frozen copy of the scorer's per-frame classifier."""
+        if type(classifier) is not type(self.frame_classifier):
+            raise ValueError(f"the head copies a {type(self.frame_classifier).__name__}, "
+                             f"the scorer has a {type(classifier).__name__} (HeadConfig.monotone)")
         self.frame_classifier.load_state_dict(classifier.state_dict())
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = (features - self.feature_mean) / self.feature_std
-        mask = mask.to(x.dtype)
-        for gru in self.grus:
-            x = gru(x, mask)
-        h = self.dropout(x[:, -1])  # right-aligned windows: the newest frame is always the last step
-        logit = self.out(torch.relu(self.dense(h))).squeeze(1)
-        if self.config.residual:
+        mask = mask.to(features.dtype)
+        logit = None
+        if not self.config.frame_mean:
+            x = (features - self.feature_mean) / self.feature_std
+            for gru in self.grus:
+                x = gru(x, mask)
+            h = self.dropout(x[:, -1])  # right-aligned windows: the newest frame is always the last step
+            logit = self.out(torch.relu(self.dense(h))).squeeze(1)
+        if self.config.uses_frame_classifier:
             frame = self.frame_classifier(features).squeeze(2)
-            logit = logit + (frame * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            mean = (frame * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            logit = mean if logit is None else logit + mean
         return logit
 
 

@@ -42,15 +42,18 @@ def _randomise(models: DetectorModels, seed: int = 0) -> DetectorModels:
     return models
 
 
-def _tiny_models(window: int = 8, seed: int = 0, residual: bool = False) -> DetectorModels:
+def _tiny_models(window: int = 8, seed: int = 0, head_kind: str = "gru") -> DetectorModels:
     torch.manual_seed(seed)
     scorer = FrameScorer(ScorerConfig(64, (8, 16, 16, 16), (1, 1, 1, 1)))
-    head = TemporalHead(HeadConfig(feature_dim=16, window=window, residual=residual))
-    if residual:
-        head.set_frame_classifier(scorer.classifier)
+    head = TemporalHead(HeadConfig(feature_dim=16, window=window, residual=head_kind == "residual",
+                                   frame_mean=head_kind == "mean"))
+    models = _randomise(DetectorModels(scorer, head, {"face_scale": 0.75, "threshold": 0.5}), seed)
+    if head_kind != "gru":
+        head.set_frame_classifier(scorer.classifier)  # the trained scorer's classifier, as training does
+    if head_kind == "residual":
         with torch.no_grad():  # a trained correction, not the zero it starts from
             head.out.weight.normal_(0, 0.5)
-    return _randomise(DetectorModels(scorer, head, {"face_scale": 0.75, "threshold": 0.5}), seed)
+    return models
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +90,9 @@ def test_scorer_export_parity(tmp_path, config):
     assert report.worst <= 1e-4, report.summary()
 
 
-@pytest.mark.parametrize("residual", [False, True], ids=["original", "residual"])
-def test_head_export_parity_with_short_windows(tmp_path, residual):
-    models = _tiny_models(window=20, residual=residual)
+@pytest.mark.parametrize("head_kind", ["gru", "residual", "mean"])
+def test_head_export_parity_with_short_windows(tmp_path, head_kind):
+    models = _tiny_models(window=20, head_kind=head_kind)
     path = export_head(models.head, tmp_path / "head.onnx")
     report = check_parity(models.head, path, head_parity_inputs(models.head.config), atol=1e-4)
     assert report.worst <= 1e-4, report.summary()
@@ -242,12 +245,12 @@ def test_masked_gru_is_a_gru():
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("residual", [False, True], ids=["original", "residual"])
+@pytest.mark.parametrize("head_kind", ["gru", "residual", "mean"])
 @pytest.mark.parametrize("valid", [1, 5, 19, 20])
-def test_short_windows_are_masked_exactly(tmp_path, valid, residual):
+def test_short_windows_are_masked_exactly(tmp_path, valid, head_kind):
     """A window of L < W frames, left-padded with garbage, scores exactly as the unpadded L frames (PyTorch
     and the exported graph alike)."""
-    models = _tiny_models(window=20, residual=residual)
+    models = _tiny_models(window=20, head_kind=head_kind)
     rng = np.random.default_rng(valid)
     real = rng.normal(0.3, 1.0, (2, valid, 16)).astype(np.float32)
     padded = rng.normal(5.0, 3.0, (2, 20, 16)).astype(np.float32)  # garbage in the padding
@@ -274,6 +277,32 @@ def test_residual_head_starts_as_the_mean_frame_logit():
         expected = torch.stack([frame[0].mean(), frame[1, 3:].mean()])
         torch.testing.assert_close(head(feats, mask), expected)
     assert not any(p.requires_grad for p in head.frame_classifier.parameters()), "the copy stays frozen"
+
+
+def test_frame_mean_head_is_the_mean_of_the_frame_logits_of_a_local_evidence_scorer(tmp_path):
+    """--head mean: the window's logit is the masked mean of the scorer's own frame logits (a positive-weight
+    classifier over the map's sorted cells here), with no GRU to train; the checkpoint round-trips it, and a
+    classifier of the other kind is refused rather than copied wrongly."""
+    torch.manual_seed(4)
+    config = ScorerConfig(64, (8, 16, 16), (1, 1, 1), aux_map=True, local_topk=6)
+    scorer = _randomise(DetectorModels(FrameScorer(config), TemporalHead(HeadConfig(6)))).scorer
+    head = TemporalHead(HeadConfig(feature_dim=6, window=5, frame_mean=True, monotone=True)).eval()
+    head.set_frame_classifier(scorer.classifier)
+    assert not list(head.parameters()) or not any(p.requires_grad for p in head.parameters())
+    assert not hasattr(head, "grus")
+    crops = torch.from_numpy(scorer_parity_inputs(config, batches=(5,))[0][0])
+    with torch.no_grad():
+        feats, logits = scorer(crops)
+        mask = torch.tensor([[0, 0, 1, 1, 1.0]])
+        torch.testing.assert_close(head(feats[None], mask), logits[2:].mean()[None])
+    path = save_checkpoint(DetectorModels(scorer, head), tmp_path / "d.pt")
+    loaded = load_checkpoint(path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.head(feats[None], mask), logits[2:].mean()[None])
+    with pytest.raises(ValueError, match="MonotoneLinear"):
+        head.set_frame_classifier(torch.nn.Linear(6, 1))
+    with pytest.raises(ValueError, match="not both"):
+        HeadConfig(residual=True, frame_mean=True)
 
 
 # ---- the live detector ---------------------------------------------------------------------------------------

@@ -270,3 +270,32 @@ def test_yunet_stem_trains_from_yunets_weights(shared_assets, tmp_path, capsys):
     DeepfakeDetector.load(tmp_path / "y", backend="onnxruntime")
     assert main(_args(tmp_path / "bad", media, *extra, "--highpass")[0]) == 2
     assert "highpass" in capsys.readouterr().err
+
+
+def test_frozen_yunet_stem_and_frame_mean_head(shared_assets, tmp_path):
+    """--stem-lr-scale 0 keeps YuNet's filters exactly; --head mean scores a window by the mean of its frame
+    logits (no GRU, no head epochs), through the exported graphs as well."""
+    import torch
+
+    from swapwatch.cli import main
+    from swapwatch.engines.deepfake import DeepfakeDetector
+    from swapwatch.export.deepfake import FrameScorer, ScorerConfig
+
+    media = _two_clips_and_a_photo(shared_assets)
+    extra = ("--pair-pool", "32", "--region-map", "1.0", "--stem", "yunet", "--widths", "16",
+             "--local-evidence", "4", "--stem-lr-scale", "0", "--head", "mean")
+    assert main(_args(tmp_path / "f", media, *extra)[0]) == 0
+    saved = torch.load(tmp_path / "f" / "detector.pt", weights_only=True)
+    fresh = FrameScorer(ScorerConfig(**saved["scorer_config"]))
+    fresh.load_stem(shared_assets / "models" / "face_detection_yunet_2023mar.onnx")
+    for name, value in fresh.stem.state_dict().items():
+        torch.testing.assert_close(saved["scorer"][f"stem.{name}"], value, rtol=0, atol=0)
+    assert saved["head_config"]["frame_mean"] and not any(k.startswith("grus.") for k in saved["head"])
+    log = json.loads((tmp_path / "f" / "training_log.json").read_text())
+    assert not [e for e in log["epochs"] if e["stage"] == "head"], "nothing to train in a frame-mean head"
+    detector = DeepfakeDetector.load(tmp_path / "f", backend="onnxruntime")
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    feats, logits = detector.frame_features(crops)
+    window, mask = pack_windows([feats], detector.window)
+    np.testing.assert_allclose(detector.window_logits(window, mask), [logits.mean()], atol=1e-5)

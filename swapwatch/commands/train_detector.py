@@ -59,9 +59,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     train.add_argument("--head-windows", type=int, default=4096, help="windows per head epoch")
     train.add_argument("--head-renders", type=int, default=3,
                        help="renders of each training clip (real and each fake) whose features train the head")
-    train.add_argument("--residual-head", action="store_true",
-                       help="add the head's output to the window's mean frame logit (a learned temporal correction "
-                            "of the frame scores) instead of the original head alone")
+    train.add_argument("--head", choices=("gru", "residual", "mean"), default="gru",
+                       help="temporal head: the original GRU head; residual: the GRU head's output added to the "
+                            "window's mean frame logit (a learned temporal correction); mean: the mean frame logit "
+                            "(nothing to train)")
+    train.add_argument("--residual-head", dest="head", action="store_const", const="residual",
+                       help="the same as --head residual")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument("--window", type=int, default=20, help="frames per temporal window (W)")
@@ -79,6 +82,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     train.add_argument("--stem", choices=("resnet", "yunet"), default="resnet",
                        help="the scorer's first layers: our own (trained from scratch) or YuNet's first 11 "
                             "convolutions started from its real weights (to stride 8; not with --highpass)")
+    train.add_argument("--stem-lr-scale", type=float, default=0.1, metavar="F",
+                       help="learning-rate factor of the YuNet stem (0 freezes it)")
     train.add_argument("--local-evidence", type=int, default=0, metavar="K",
                        help="score a frame by the K most altered-looking cells of the region map, predicted from "
                             "the last stage's patches (needs --region-map): a patch shows a seam, not who the "
@@ -104,11 +109,11 @@ def config_from_args(args: argparse.Namespace):
     config = TrainConfig(
         out=args.out, seed=args.seed, epochs=args.epochs, head_epochs=args.head_epochs,
         pairs_per_epoch=args.pairs_per_epoch, head_windows_per_epoch=args.head_windows, lr=args.lr,
-        head_renders=args.head_renders, head_residual=args.residual_head,
+        head_renders=args.head_renders, head=args.head,
         window=args.window, scorer_size=args.crop_size, scorer_widths=args.widths,
         scorer_blocks=(1,) * len(args.widths), scorer_highpass=args.highpass,
         scorer_aux_map=args.region_map, scorer_local_topk=args.local_evidence, region_target=args.region_target,
-        scorer_stem=args.stem,
+        scorer_stem=args.stem, stem_lr_scale=args.stem_lr_scale,
         pair_pool=args.pair_pool,
         max_frames=args.max_frames, val_identities=args.val_identities,
         val_fraction=args.val_fraction, swap_fakes=args.swapwatch_fakes, swappers=args.swappers,
