@@ -140,6 +140,9 @@ class TrainConfig:
     pair_pool: int = 0
     face_scale: float = 0.75
     threshold: float = 0.5
+    # K >= 2: fit the head's output calibration on K cross-fitted fold models (engines/calibration.py), which
+    # trains K more models. 0: the logit as trained.
+    calibration_folds: int = 0
     # data
     max_frames: int = 96  # first N frames of each video
     still_frames: int = 24  # a photo becomes a clip of this many jittered frames
@@ -168,6 +171,8 @@ class TrainConfig:
             raise InputError(f"region target must be one of {', '.join(REGION_TARGETS)}")
         if self.head not in HEADS:
             raise InputError(f"head must be one of {', '.join(HEADS)}")
+        if self.calibration_folds == 1 or self.calibration_folds < 0:
+            raise InputError("calibration needs at least 2 folds (0: no calibration)")
         if self.stem_lr_scale < 0:
             raise InputError("stem_lr_scale must be >= 0 (0 freezes the stem)")
         self.scorer_config()  # crop size, widths and K checked before any data is read
@@ -894,7 +899,8 @@ class DetectorTrainer:
         self.scorer = FrameScorer(scfg)
         self.head = TemporalHead(HeadConfig(feature_dim=scfg.feature_dim, window=config.window,
                                             residual=config.head == "residual", frame_mean=config.head == "mean",
-                                            monotone=bool(scfg.local_topk)))
+                                            monotone=bool(scfg.local_topk), calibrated=config.calibration_folds > 0))
+        self.calibration = None  # a Calibration to fold into the head before the final validation and export
         params: list = list(self.scorer.parameters())
         if scfg.stem == "yunet":
             if stem_weights is None:
@@ -1289,6 +1295,20 @@ class DetectorTrainer:
             losses.append(loss.item())
         return {"loss": float(np.mean(losses))}
 
+    def window_logits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(labels, head logits, kinds) of every full validation window (stride 5)."""
+        import torch
+
+        if self._val_features is None:
+            self.validate_frames()
+        self.head.eval()
+
+        def logits(feats, masks):
+            with torch.inference_mode():
+                return self.head(torch.from_numpy(feats), torch.from_numpy(masks)).numpy()
+
+        return self._val_windows(logits)
+
     def validate_head(self) -> dict:
         import torch
 
@@ -1302,7 +1322,8 @@ class DetectorTrainer:
             with torch.inference_mode():
                 return sigmoid(self.head(torch.from_numpy(feats), torch.from_numpy(masks)).numpy())
 
-        labels, scores, kinds = self._val_windows(head_scores)
+        labels, logits, kinds = self.window_logits()
+        scores = sigmoid(logits)
         out = {"window_auc": roc_auc(labels, scores)}
         for kind in sorted(set(kinds.tolist()) - {"real"}):
             keep = (kinds == "real") | (kinds == kind)
@@ -1355,6 +1376,12 @@ class DetectorTrainer:
             self.epoch += 1
             ran += 1
             self.save_checkpoint()
+        if self.calibration is not None:
+            self.head.set_calibration(self.calibration.scale, self.calibration.bias)
+            self.echo(f"calibrated the window logit: {self.calibration.scale:.3f} x logit + "
+                      f"{self.calibration.bias:.3f} (out-of-fold real windows flagged "
+                      f"{self.calibration.raw_real_flagged:.0%} -> {self.calibration.real_flagged:.0%}, fake "
+                      f"{self.calibration.raw_fake_flagged:.0%} -> {self.calibration.fake_flagged:.0%})")
         metrics = {**self.validate_frames(), **self.validate_head()}
         self.export(metrics, time.perf_counter() - start)
         return TrainResult(cfg.out, self.history, metrics, time.perf_counter() - start)
@@ -1382,11 +1409,12 @@ class DetectorTrainer:
         self.scorer.eval()
         self.head.eval()
         meta = {"face_scale": cfg.face_scale, "threshold": cfg.threshold, "seed": cfg.seed}
+        calibration = {"calibration": self.calibration.report()} if self.calibration is not None else {}
         info = write_detector(DetectorModels(self.scorer, self.head, meta), cfg.out, extra={
             "data": self.data.summary(), "validation": {k: v for k, v in metrics.items() if k != "clips"},
-            "train_seconds": round(seconds, 1), "torch": torch.__version__})
+            **calibration, "train_seconds": round(seconds, 1), "torch": torch.__version__})
         _write_json(cfg.out / "training_log.json", {"config": _jsonable(asdict(cfg)), "data": self.data.summary(),
-                                                    "epochs": self.history, "final": metrics})
+                                                    "epochs": self.history, "final": metrics, **calibration})
         parity = info.extra["parity_max_abs_error"]
         self.echo(f"parity (max abs error): scorer {parity['scorer']:.2e}, head {parity['head']:.2e}")
         self.echo(f"wrote {cfg.out / 'detector.pt'}, scorer.onnx, head.onnx, detector.json, training_log.json")
@@ -1404,7 +1432,14 @@ def train(config: TrainConfig, spec: DataSpec, *, resume: bool = False, detector
          f"{s['val_real']['tracks']} validation tracks ({', '.join(data.val_ids) or 'none'}), "
          f"{s['swapped_tracks']} swapped tracks, {s['train_labelled_fake']['tracks']} + "
          f"{s['val_labelled_fake']['tracks']} labelled fake tracks ({time.perf_counter() - started:.0f} s)")
+    calibration = None
+    if config.calibration_folds:
+        from swapwatch.engines.calibration import cross_fit
+
+        # Fold models resume from their own checkpoints, so --resume is implied for them.
+        calibration = cross_fit(config, data, stem_weights=model, echo=echo)
     trainer = DetectorTrainer(config, data, echo=echo, stem_weights=model)
+    trainer.calibration = calibration
     result = trainer.run(resume=resume, stop_after=stop_after)
     result.seconds = time.perf_counter() - started
     return result

@@ -123,6 +123,10 @@ class HeadConfig:
     frame_mean: bool = False
     # The scorer's classifier is a MonotoneLinear (local evidence): the frozen copy must be one too.
     monotone: bool = False
+    # An affine map of the output logit (scale, bias), fitted on windows of people the models that produced
+    # them were not trained on (``train-detector --calibrate``), so the 0.5 threshold and the live alert
+    # levels mean the same for any model. Off: the logit as trained (a checkpoint without the buffer).
+    calibrated: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -365,6 +369,8 @@ class TemporalHead(nn.Module):
         if config.residual:
             nn.init.zeros_(self.out.weight)  # starts as the mean of the frame logits
             nn.init.zeros_(self.out.bias)
+        if config.calibrated:
+            self.register_buffer("calibration", torch.tensor([1.0, 0.0]))
 
     def set_normalisation(self, mean: np.ndarray, std: np.ndarray) -> None:
         self.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
@@ -376,6 +382,14 @@ class TemporalHead(nn.Module):
             raise ValueError(f"the head copies a {type(self.frame_classifier).__name__}, "
                              f"the scorer has a {type(classifier).__name__} (HeadConfig.monotone)")
         self.frame_classifier.load_state_dict(classifier.state_dict())
+
+    def set_calibration(self, scale: float, bias: float) -> None:
+        """Output logit -> ``scale * logit + bias`` (a head built with ``calibrated``; ``scale`` > 0)."""
+        if not self.config.calibrated:
+            raise ValueError("this head has no calibration (HeadConfig.calibrated)")
+        if not scale > 0:
+            raise ValueError(f"a calibration must keep the order of the scores (scale {scale} <= 0)")
+        self.calibration.copy_(torch.tensor([float(scale), float(bias)]))
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask = mask.to(features.dtype)
@@ -390,6 +404,8 @@ class TemporalHead(nn.Module):
             frame = self.frame_classifier(features).squeeze(2)
             mean = (frame * mask).sum(1) / mask.sum(1).clamp(min=1.0)
             logit = mean if logit is None else logit + mean
+        if self.config.calibrated:
+            logit = logit * self.calibration[0] + self.calibration[1]
         return logit
 
 

@@ -65,6 +65,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                             "(nothing to train)")
     train.add_argument("--residual-head", dest="head", action="store_const", const="residual",
                        help="the same as --head residual")
+    train.add_argument("--calibrate", type=int, default=0, metavar="K",
+                       help="fit the window logit's calibration on K cross-fitted fold models (each trained "
+                            "without one K-th of the identities and scoring it), so the threshold sits where "
+                            "new people fall; trains K more models (0: no calibration)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument("--window", type=int, default=20, help="frames per temporal window (W)")
@@ -109,7 +113,7 @@ def config_from_args(args: argparse.Namespace):
     config = TrainConfig(
         out=args.out, seed=args.seed, epochs=args.epochs, head_epochs=args.head_epochs,
         pairs_per_epoch=args.pairs_per_epoch, head_windows_per_epoch=args.head_windows, lr=args.lr,
-        head_renders=args.head_renders, head=args.head,
+        head_renders=args.head_renders, head=args.head, calibration_folds=args.calibrate,
         window=args.window, scorer_size=args.crop_size, scorer_widths=args.widths,
         scorer_blocks=(1,) * len(args.widths), scorer_highpass=args.highpass,
         scorer_aux_map=args.region_map, scorer_local_topk=args.local_evidence, region_target=args.region_target,
