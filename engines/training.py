@@ -138,6 +138,9 @@ class TrainConfig:
     # 0: render fresh pairs for every batch. N: render N pairs once and draw every epoch's batches from them
     # (with flips): rendering, not the network, bounds a step on a CPU, so a pool buys many more steps.
     pair_pool: int = 0
+    # Turn each training pair by a random multiple of 90 degrees (real and fake alike): a seam is a seam at
+    # any angle, while "an edge across the forehead" is a position the blend masks' tops share with wrinkles.
+    rotate_pairs: bool = False
     face_scale: float = 0.75
     threshold: float = 0.5
     # K >= 2: fit the head's output calibration on K cross-fitted fold models (engines/calibration.py), which
@@ -760,6 +763,17 @@ def sample_window(length: int, window: int, rng: np.random.Generator, *, min_win
     return np.clip(np.rint(pos + start), 0, length - 1).astype(np.int64)
 
 
+def rotate_pairs(crops: np.ndarray, masks: np.ndarray | None,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each (real, fake) pair (consecutive crops, (2N, S, S, C)) and its fake's mask ((N, S, S)) turned by the
+    same random multiple of 90 degrees."""
+    turns = rng.integers(4, size=len(crops) // 2)
+    crops = np.stack([np.rot90(crops[2 * i + j], t) for i, t in enumerate(turns) for j in (0, 1)])
+    if masks is not None:
+        masks = np.stack([np.rot90(m, t) for m, t in zip(masks, turns)])
+    return crops, masks
+
+
 def pack_windows(seqs: Sequence[np.ndarray], window: int) -> tuple[np.ndarray, np.ndarray]:
     """Right-align each (L, F) sequence in a (W, F) window: (N, W, F) features and (N, W) masks."""
     dim = seqs[0].shape[1]
@@ -1024,6 +1038,14 @@ class DetectorTrainer:
                 self._pool_masks = np.concatenate([part[2] for part in parts])
         return self._pair_pool
 
+    def _batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """One training batch of (real, fake) pairs: from the pool or freshly rendered, optionally turned."""
+        cfg = self.config
+        crops, labels, masks = (self._pool_batch if cfg.pair_pool else self._pair_batch)(epoch, index)
+        if cfg.rotate_pairs:
+            crops, masks = rotate_pairs(crops, masks, np.random.default_rng([cfg.seed, 9, epoch, index]))
+        return crops, labels, masks
+
     def _pool_batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         cfg = self.config
         pool = self._pool()
@@ -1131,7 +1153,7 @@ class DetectorTrainer:
         bar = tqdm(total=steps, desc=f"scorer {epoch + 1}/{cfg.epochs}", unit="batch", file=sys.stderr,
                    disable=not cfg.progress or None, leave=False)
         # Render the next batch in a thread while this one trains (OpenCV releases the GIL).
-        make_batch = self._pool_batch if cfg.pair_pool else self._pair_batch
+        make_batch = self._batch
         if cfg.pair_pool:
             self._pool()
         with ThreadPoolExecutor(1) as pool, bar:

@@ -11,7 +11,7 @@ import pytest
 
 from swapwatch.engines.training import (
     FAKE, REAL, DataSpec, collect_items, dfdc_items, ffpp_items, folder_items, pack_windows, roc_auc,
-    sample_window, split_identities, train,
+    rotate_pairs, sample_window, split_identities, train,
 )
 from swapwatch.errors import InputError
 
@@ -102,6 +102,30 @@ def test_sample_window_models_rate_changes_drops_and_short_windows():
     np.testing.assert_array_equal(a, sample_window(30, 20, np.random.default_rng(5)))
     feats, masks = pack_windows([np.ones((3, 2)), np.full((25, 2), 2.0)], 20)
     assert feats.shape == (2, 20, 2) and masks[0].sum() == 3 and masks[0, -3:].all() and masks[1].all()
+
+
+def test_rotate_pairs_turns_each_pair_and_its_mask_together():
+    """--rotate-pairs: a pair's real and fake crops and the fake's blend mask take the same quarter turn, so
+    the map target still lies where the fake differs; over a batch all four turns occur."""
+    rng = np.random.default_rng(0)
+    n, size = 64, 16
+    reals = rng.integers(0, 200, (n, size, size, 3)).astype(np.uint8)
+    masks = np.zeros((n, size, size), np.float32)
+    masks[:, 2:5, 9:14] = 1.0  # an off-centre patch: every turn moves it somewhere else
+    fakes = reals + (masks[..., None] * 50).astype(np.uint8)
+    crops = np.stack([reals, fakes], 1).reshape(-1, size, size, 3)
+    turned, turned_masks = rotate_pairs(crops, masks, np.random.default_rng(1))
+    assert turned.shape == crops.shape and turned_masks.shape == masks.shape
+    changed = np.abs(turned[1::2].astype(int) - turned[0::2]).sum(-1) > 0
+    np.testing.assert_array_equal(changed, turned_masks > 0)
+    positions = {tuple(np.argwhere(m > 0)[0]) for m in turned_masks}
+    assert len(positions) == 4
+    for i in range(n):  # each crop is its own pair's crop turned by the turn its mask took
+        k = next(k for k in range(4) if np.array_equal(np.rot90(masks[i], k), turned_masks[i]))
+        np.testing.assert_array_equal(turned[2 * i], np.rot90(reals[i], k))
+    same, none = rotate_pairs(crops, None, np.random.default_rng(1))
+    np.testing.assert_array_equal(same, turned)
+    assert none is None
 
 
 def test_roc_auc_matches_pairwise_count():

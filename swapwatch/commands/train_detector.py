@@ -95,6 +95,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     train.add_argument("--pair-pool", type=int, default=0, metavar="N",
                        help="render N (real, fake) pairs once and draw every scorer batch from them (with flips): "
                             "many more steps per minute on a CPU, less variety (0: fresh pairs every batch)")
+    train.add_argument("--rotate-pairs", action="store_true",
+                       help="turn each training pair by a random multiple of 90 degrees (a seam is a seam at any "
+                            "angle; where a face's lines usually lie is not evidence)")
     train.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                        help="face-track cache, reusable across runs (default: OUT/cache)")
     train.add_argument("--lr", type=float, default=2e-3)
@@ -118,7 +121,7 @@ def config_from_args(args: argparse.Namespace):
         scorer_blocks=(1,) * len(args.widths), scorer_highpass=args.highpass,
         scorer_aux_map=args.region_map, scorer_local_topk=args.local_evidence, region_target=args.region_target,
         scorer_stem=args.stem, stem_lr_scale=args.stem_lr_scale,
-        pair_pool=args.pair_pool,
+        pair_pool=args.pair_pool, rotate_pairs=args.rotate_pairs,
         max_frames=args.max_frames, val_identities=args.val_identities,
         val_fraction=args.val_fraction, swap_fakes=args.swapwatch_fakes, swappers=args.swappers,
         swap_sources=args.swap_sources,
