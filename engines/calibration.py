@@ -9,6 +9,11 @@ never saw it. A Platt scaling (``p = sigmoid(a * logit + b)``) fitted to those o
 fake weighted equally, is then folded into the final model's head (trained on all identities), so its 0.5
 threshold and the live alert levels sit where K models put new people.
 
+The fit leaves out the self-swaps (a person's own face pasted back onto them): they teach the scorer to find a
+swapper's traces without a change of identity, but as fakes they are the least harmful and the most
+real-looking, and would pull the threshold into the real windows. The fakes calibrated for are the ones the
+detector is for: self-blends and another person's face swapped in. Every kind's flagged rate is reported.
+
 The fold models live in ``OUT/calibration/fold-K/`` with their own checkpoints: an interrupted calibration
 resumes like any run.
 """
@@ -35,12 +40,11 @@ class Calibration:
     scale: float
     bias: float
     folds: list[list[str]]  # identities per fold
+    fitted_on: list[str]  # window kinds the fit used (real and the fakes it calibrates for)
     windows: dict[str, int]  # out-of-fold windows per kind
-    window_auc: float  # out-of-fold, before calibration (an affine map with scale > 0 keeps it)
-    real_flagged: float  # out-of-fold real windows at or above 0.5 after calibration
-    fake_flagged: float  # out-of-fold fake windows at or above 0.5 after calibration
-    raw_real_flagged: float  # the same before calibration
-    raw_fake_flagged: float
+    window_auc: float  # out-of-fold, over the fitted kinds (an affine map with scale > 0 keeps it)
+    flagged: dict[str, float]  # per kind: out-of-fold windows at or above 0.5 after calibration
+    raw_flagged: dict[str, float]  # the same before calibration
 
     @property
     def threshold_logit(self) -> float:
@@ -50,16 +54,16 @@ class Calibration:
     def report(self) -> dict:
         return {"scale": round(self.scale, 5), "bias": round(self.bias, 5),
                 "raw_threshold": round(float(sigmoid(np.float64(self.threshold_logit))), 4),
-                "folds": self.folds, "windows": self.windows, "out_of_fold_window_auc": round(self.window_auc, 4),
-                "real_windows_flagged": round(self.real_flagged, 4),
-                "fake_windows_flagged": round(self.fake_flagged, 4),
-                "uncalibrated_real_windows_flagged": round(self.raw_real_flagged, 4),
-                "uncalibrated_fake_windows_flagged": round(self.raw_fake_flagged, 4)}
+                "folds": self.folds, "fitted_on": self.fitted_on, "windows": self.windows,
+                "out_of_fold_window_auc": round(self.window_auc, 4),
+                "windows_flagged": {k: round(v, 4) for k, v in self.flagged.items()},
+                "uncalibrated_windows_flagged": {k: round(v, 4) for k, v in self.raw_flagged.items()}}
 
 
 def fit_platt(labels: Sequence[int], logits: Sequence[float], *, ridge: float = 1e-3,
               iterations: int = 100) -> tuple[float, float]:
-    """``(a, b)`` minimising the class-balanced log loss of ``sigmoid(a * logit + b)`` (Newton's method).
+    """``(a, b)`` minimising the class-balanced log loss of ``sigmoid(a * logit + b)`` (Newton's method with a
+    backtracking line search, so logits far from 0 cannot make a full step overshoot).
 
     ``ridge`` pulls ``a`` towards 1: when the two classes are separable the unregularised optimum is an
     infinitely steep step, which would turn every score into 0 or 1.
@@ -69,17 +73,33 @@ def fit_platt(labels: Sequence[int], logits: Sequence[float], *, ridge: float = 
     n_fake, n_real = int((y == 1).sum()), int((y == 0).sum())
     if n_fake == 0 or n_real == 0:
         raise InputError("calibration needs both real and fake windows")
+    if not np.isfinite(x).all():
+        raise InputError("calibration got non-finite logits")
     w = np.where(y == 1, 0.5 / n_fake, 0.5 / n_real)
+
+    def loss(a: float, b: float) -> float:
+        z = a * x + b
+        return float(np.sum(w * (np.logaddexp(0.0, z) - y * z)) + 0.5 * ridge * (a - 1.0) ** 2)
+
     a, b = 1.0, 0.0
+    current = loss(a, b)
     for _ in range(iterations):
         p = sigmoid(a * x + b)
         r = w * (p - y)
         grad = np.array([np.sum(r * x) + ridge * (a - 1.0), np.sum(r)])
         h = w * p * (1.0 - p)
-        hess = np.array([[np.sum(h * x * x) + ridge, np.sum(h * x)], [np.sum(h * x), np.sum(h) + 1e-12]])
+        hess = np.array([[np.sum(h * x * x) + ridge, np.sum(h * x)], [np.sum(h * x), np.sum(h) + 1e-9]])
         step = np.linalg.solve(hess, grad)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-10:
+        t = 1.0
+        while t > 1e-8:
+            trial = loss(a - t * step[0], b - t * step[1])
+            if trial <= current - 1e-4 * t * float(grad @ step):
+                break
+            t *= 0.5
+        else:
+            break  # no step lowers the loss: converged to rounding
+        a, b, current = a - t * step[0], b - t * step[1], trial
+        if np.abs(t * step).max() < 1e-10:
             break
     return float(a), float(b)
 
@@ -96,7 +116,7 @@ def identity_folds(identities: Sequence[str], folds: int, seed: int) -> list[lis
 def cross_fit(config, data, *, stem_weights: Path | None, echo: Callable[[str], None] = print) -> Calibration:
     """Train one model per fold of ``data``'s training identities, collect its windows on the fold, and fit
     the calibration (see the module docstring). ``config`` is the final run's :class:`TrainConfig`."""
-    from swapwatch.engines.training import FAKE, REAL, DetectorTrainer, TrainingData, make_swappers
+    from swapwatch.engines.training import DetectorTrainer, TrainingData, make_swappers
 
     groups = identity_folds(data.train_ids, config.calibration_folds, config.seed)
     fakers = make_swappers(config.swappers) if config.swap_fakes else []
@@ -108,7 +128,10 @@ def cross_fit(config, data, *, stem_weights: Path | None, echo: Callable[[str], 
             train_fake=[t for t in data.train_fake if t.identity not in held_set],
             val_real=[t for t in data.train_real if t.identity in held_set],
             val_fake=[t for t in data.train_fake if t.identity in held_set],
-            swaps=dict(data.swaps), train_ids=[i for i in data.train_ids if i not in held_set], val_ids=held)
+            # No held-out face may reach a fold's training, not even pasted onto another head as a fake.
+            swaps={key: [s for s in swaps if s.source not in held_set or s.identity in held_set]
+                   for key, swaps in data.swaps.items()},
+            train_ids=[i for i in data.train_ids if i not in held_set], val_ids=held)
         if not fold.train_real:
             raise InputError(f"calibration fold {k + 1} leaves no real training track")
         # Each held-out track also gets another person's face swapped in, as validation does: the fake the
@@ -128,15 +151,19 @@ def cross_fit(config, data, *, stem_weights: Path | None, echo: Callable[[str], 
         logits.append(z)
         kinds.append(kind)
     y, z, kind = np.concatenate(labels), np.concatenate(logits), np.concatenate(kinds)
-    auc = roc_auc(y, z)
-    a, b = fit_platt(y, z)
+    fit = kind != "selfswap"
+    auc = roc_auc(y[fit], z[fit])
+    a, b = fit_platt(y[fit], z[fit])
     if not a > 0:
         raise InputError(f"out-of-fold windows rank real above fake (AUC {auc:.3f}): no calibration can help; "
                          "train without --calibrate")
-    calibrated = sigmoid(a * z + b)
-    raw = sigmoid(z)
-    return Calibration(
-        scale=a, bias=b, folds=groups, windows={str(v): int((kind == v).sum()) for v in sorted(set(kind.tolist()))},
-        window_auc=auc, real_flagged=float(np.mean(calibrated[y == REAL] >= 0.5)),
-        fake_flagged=float(np.mean(calibrated[y == FAKE] >= 0.5)),
-        raw_real_flagged=float(np.mean(raw[y == REAL] >= 0.5)), raw_fake_flagged=float(np.mean(raw[y == FAKE] >= 0.5)))
+    names = sorted(set(kind.tolist()), key=lambda v: (v != "real", v))
+    result = Calibration(
+        scale=a, bias=b, folds=groups, fitted_on=sorted(set(kind[fit].tolist()), key=lambda v: (v != "real", v)),
+        windows={v: int((kind == v).sum()) for v in names}, window_auc=auc,
+        flagged={v: float(np.mean(sigmoid(a * z[kind == v] + b) >= 0.5)) for v in names},
+        raw_flagged={v: float(np.mean(sigmoid(z[kind == v]) >= 0.5)) for v in names})
+    echo(f"calibration: {a:.3f} x logit + {b:.3f} from {int(fit.sum())} out-of-fold windows (window AUC "
+         f"{auc:.3f}); windows flagged before -> after: " +
+         ", ".join(f"{v} {result.raw_flagged[v]:.0%} -> {result.flagged[v]:.0%}" for v in names))
+    return result

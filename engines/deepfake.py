@@ -52,7 +52,8 @@ def detector_template(size: int = 128, face_scale: float = 0.75,
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+    # exp(-log(1 + e^-x)) never overflows, for logits of either sign and any size.
+    return np.exp(-np.logaddexp(0.0, -np.asarray(x, dtype=np.float64)))
 
 
 # The scorer trains on crops warped from regions where the face is at most this much downsampled by the warp

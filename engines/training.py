@@ -361,6 +361,7 @@ class FaceTrack:
     times: np.ndarray  # (T,) seconds
     still: bool = False
     kind: str = "real"  # real | file-fake | swap (another identity swapped in) | selfswap (its own face)
+    source: str | None = None  # a swap's source identity (whose face was pasted in)
 
     def __len__(self) -> int:
         return len(self.rois)
@@ -576,7 +577,7 @@ class SwapFaker:
             rois[i] = paste_back(target.rois[i], generated, aligned.matrix, mask)
         kind = "selfswap" if source.identity == target.identity else "swap"
         return replace(target, rois=rois, label=FAKE, origin=f"{self.name}:{source.identity}->{target.identity}",
-                       kind=kind)
+                       kind=kind, source=source.identity)
 
 
 def _self_source(track: FaceTrack) -> FaceTrack:
@@ -970,7 +971,8 @@ class DetectorTrainer:
             self.echo(f"no checkpoint at {path}; starting from scratch")
             return False
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        saved = json.loads(payload["fingerprint"])
+        # A setting added after the checkpoint was written had its default then.
+        saved = {**TrainConfig(out=self.config.out).fingerprint(), **json.loads(payload["fingerprint"])}
         if saved != self.config.fingerprint():
             diff = sorted(k for k in set(saved) | set(self.config.fingerprint())
                           if saved.get(k) != self.config.fingerprint().get(k))
@@ -1401,9 +1403,7 @@ class DetectorTrainer:
         if self.calibration is not None:
             self.head.set_calibration(self.calibration.scale, self.calibration.bias)
             self.echo(f"calibrated the window logit: {self.calibration.scale:.3f} x logit + "
-                      f"{self.calibration.bias:.3f} (out-of-fold real windows flagged "
-                      f"{self.calibration.raw_real_flagged:.0%} -> {self.calibration.real_flagged:.0%}, fake "
-                      f"{self.calibration.raw_fake_flagged:.0%} -> {self.calibration.fake_flagged:.0%})")
+                      f"{self.calibration.bias:.3f} (fitted on the calibration folds)")
         metrics = {**self.validate_frames(), **self.validate_head()}
         self.export(metrics, time.perf_counter() - start)
         return TrainResult(cfg.out, self.history, metrics, time.perf_counter() - start)

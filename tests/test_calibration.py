@@ -43,6 +43,20 @@ def test_platt_fit_stays_finite_when_the_classes_separate():
         fit_platt([1, 1], [0.2, 0.3])
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_platt_fit_converges_from_far_logits(seed):
+    """A trained detector's logits reach +-50; a full Newton step from (1, 0) there overshoots into a region
+    where every sigmoid saturates (a plain Newton iteration ended at bias ~ -5e11 on such data)."""
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(-30, 10, 62), rng.normal(25, 15, 186)])
+    y = np.concatenate([np.zeros(62), np.ones(186)])
+    a, b = fit_platt(y, x)
+    assert 0 < a < 5 and abs(b) < 50
+    assert _balanced_log_loss(a, b, y, x, 1e-3) <= _balanced_log_loss(1.0, 0.0, y, x, 1e-3)
+    grid = [_balanced_log_loss(ga, gb, y, x, 1e-3) for ga in np.linspace(0.01, 1, 100) for gb in np.linspace(-6, 6, 61)]
+    assert _balanced_log_loss(a, b, y, x, 1e-3) <= min(grid) + 1e-9
+
+
 def test_identity_folds_partition_the_identities_reproducibly():
     ids = [f"id{i}" for i in range(17)]
     folds = identity_folds(ids, 4, seed=0)
