@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What the deepfake detector costs a live session: frame rate of serve's frame path with and without it.
 
-Usage: python bench/deepfake_cost.py [--frames 150] [--sizes 640x480,1280x720] [--json OUT.json]
+Usage: python bench/deepfake_cost.py [--frames 150] [--sizes 640x480,1280x720] [--model DIR] [--json OUT.json]
 
 Part 1 runs frames of a GRID clip (one face, resized to each size) one at a time through the server's own
 path — `InferenceWorker.submit(FrameProcessor, frame)`: convert, detect + track (YuNet), monitor (watermark
@@ -101,8 +101,8 @@ def compare_variants(worker, processors: list[FrameProcessor], frames, rounds: i
     return out
 
 
-def model_timings(backend: str, repeats: int = 30) -> list[dict]:
-    detector = DeepfakeDetector.load(backend=backend)
+def model_timings(backend: str, model: str | None = None, repeats: int = 30) -> list[dict]:
+    detector = DeepfakeDetector.load(model, backend=backend)
     rng = np.random.default_rng(0)
     rows = []
     for batch in (1, 4, 16):
@@ -140,6 +140,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="640x480,1280x720")
     ap.add_argument("--modes", default="monitor,both")
     ap.add_argument("--backends", default="onnxruntime,torch")
+    ap.add_argument("--model", default=None, help="detector folder (default: the committed default model)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
@@ -148,13 +149,13 @@ def main() -> int:
     print(f"load average before: {os.getloadavg()[0]:.2f}\n")
     face_detector = create_detector(DetectorConfig(name="yunet"))
     swapper = create_swapper("classic").swapper
-    deepfake = DeepfakeDetector.load()
+    deepfake = DeepfakeDetector.load(args.model)
     worker = InferenceWorker()
     worker.start()
     worker.attach()
     photo = cv2.imread(str(ASSETS / "faces" / SOURCE_PHOTO))
     source = SourceStore().add(photo, max(face_detector.detect(photo), key=lambda f: f.area))
-    result = {"machine": describe_machine(), "clip": CLIP, "frames": args.frames, "sessions": [], "models": []}
+    result = {"machine": describe_machine(), "model": args.model or "default", "clip": CLIP, "frames": args.frames, "sessions": [], "models": []}
     print("| mode | size | detector | fps | p50 ms | p95 ms | cost vs no model |")
     print("|---|---|---|---|---|---|---|")
     try:
@@ -173,7 +174,7 @@ def main() -> int:
         print("\n| backend | batch | scorer ms/face | head ms/window |")
         print("|---|---|---|---|")
         for backend in args.backends.split(","):
-            for row in model_timings(backend):
+            for row in model_timings(backend, args.model):
                 result["models"].append(row)
                 print(f"| {backend} | {row['batch']} | {row['scorer_ms_per_face']:.2f} | "
                       f"{row['head_ms_per_window']:.2f} |", flush=True)
