@@ -474,7 +474,7 @@ def test_default_model_scores_tracks_on_a_shared_clip(default_detector, clips, y
 
 # (clip, version) -> the window probability measured for the committed model, for the cases it gets wrong.
 KNOWN_MISSES = {
-    ("grid_s2_swwp2s", "real"): "0.882 (FAKE: a false alarm)",
+    ("grid_s2_swwp2s", "real"): "0.798 (FAKE: a false alarm)",
 }
 SOURCE_PHOTO = "max_Luciano.png"  # a held-out identity too
 VERSIONS = ("real", "classic", "sbi-0", "sbi-1")  # sbi-N: one self-blending draw for the clip, seed N
