@@ -1155,15 +1155,14 @@ class DetectorTrainer:
         bar = tqdm(total=steps, desc=f"scorer {epoch + 1}/{cfg.epochs}", unit="batch", file=sys.stderr,
                    disable=not cfg.progress or None, leave=False)
         # Render the next batch in a thread while this one trains (OpenCV releases the GIL).
-        make_batch = self._batch
         if cfg.pair_pool:
             self._pool()
         with ThreadPoolExecutor(1) as pool, bar:
-            future = pool.submit(make_batch, epoch, 0)
+            future = pool.submit(self._batch, epoch, 0)
             for k in range(steps):
                 crops, labels, masks = future.result()
                 if k + 1 < steps:
-                    future = pool.submit(make_batch, epoch, k + 1)
+                    future = pool.submit(self._batch, epoch, k + 1)
                 for group in self.scorer_opt.param_groups:
                     group["lr"] = self._lr(cfg.lr, epoch * steps + k, total) * group.get("lr_scale", 1.0)
                 _, logits, region = self.scorer.forward_train(torch.from_numpy(to_input(crops)))
@@ -1206,7 +1205,7 @@ class DetectorTrainer:
         for kind in sorted(set(self.val.kinds) - {"real"}):
             keep = (kinds == "real") | (kinds == kind)
             out[f"frame_auc_{kind}"] = roc_auc(labels[keep], probs[keep])
-        wl, ws, wk = self._val_windows(lambda seqs, masks: np.array([
+        wl, ws, _, _ = self._val_windows(lambda seqs, masks: np.array([
             float(np.mean(s[m > 0])) for s, m in zip(seqs, masks)]), use_probs=clip_probs)
         out["window_mean_auc"] = roc_auc(wl, ws)
         probe = [self.features(c)[1] for c in self.probe.crops]
@@ -1218,11 +1217,11 @@ class DetectorTrainer:
         return out
 
     def _val_windows(self, score: Callable, *, use_probs=None, stride: int = 5):
-        """Every full window (stride 5) of every val clip -> (labels, scores, kinds)."""
+        """Every full window (stride 5) of every val clip -> (labels, scores, kinds, index of the window's clip)."""
         w = self.config.window
-        labels, scores, kinds, seqs = [], [], [], []
+        labels, kinds, clips, seqs = [], [], [], []
         source = use_probs if use_probs is not None else self._val_features
-        for values, y, kind in zip(source, self.val.labels, self.val.kinds):
+        for clip, (values, y, kind) in enumerate(zip(source, self.val.labels, self.val.kinds)):
             values = np.asarray(values, np.float32)
             if values.ndim == 1:
                 values = values[:, None]
@@ -1231,9 +1230,10 @@ class DetectorTrainer:
                 seqs.append(values[max(0, e + 1 - w):e + 1])
                 labels.append(y)
                 kinds.append(kind)
+                clips.append(clip)
         feats, masks = pack_windows(seqs, w)
         scores = score(feats[..., 0] if use_probs is not None else feats, masks)
-        return np.asarray(labels), np.asarray(scores), np.asarray(kinds)
+        return np.asarray(labels), np.asarray(scores), np.asarray(kinds), np.asarray(clips)
 
     # ---- stage 2: temporal head ---------------------------------------------------------------------------
 
@@ -1319,34 +1319,27 @@ class DetectorTrainer:
             losses.append(loss.item())
         return {"loss": float(np.mean(losses))}
 
+    def _head_logits(self, feats: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """The head's logits of packed windows, in eval mode."""
+        import torch
+
+        self.head.eval()
+        with torch.inference_mode():
+            return self.head(torch.from_numpy(feats), torch.from_numpy(masks)).numpy()
+
     def window_logits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(labels, head logits, kinds) of every full validation window (stride 5)."""
-        import torch
+        return self._head_windows()[:3]
 
+    def _head_windows(self):
         if self._val_features is None:
             self.validate_frames()
-        self.head.eval()
-
-        def logits(feats, masks):
-            with torch.inference_mode():
-                return self.head(torch.from_numpy(feats), torch.from_numpy(masks)).numpy()
-
-        return self._val_windows(logits)
+        return self._val_windows(self._head_logits)
 
     def validate_head(self) -> dict:
-        import torch
-
         if not self.val.crops:
             return {}
-        if self._val_features is None:
-            self.validate_frames()
-        self.head.eval()
-
-        def head_scores(feats, masks):
-            with torch.inference_mode():
-                return sigmoid(self.head(torch.from_numpy(feats), torch.from_numpy(masks)).numpy())
-
-        labels, logits, kinds = self.window_logits()
+        labels, logits, kinds, clips = self._head_windows()
         scores = sigmoid(logits)
         out = {"window_auc": roc_auc(labels, scores)}
         for kind in sorted(set(kinds.tolist()) - {"real"}):
@@ -1355,14 +1348,9 @@ class DetectorTrainer:
         thr = self.config.threshold
         out["real_windows_flagged"] = float(np.mean(scores[labels == REAL] >= thr)) if (labels == REAL).any() else None
         out["fake_windows_flagged"] = float(np.mean(scores[labels == FAKE] >= thr)) if (labels == FAKE).any() else None
-        per_clip = []
-        for name, values, y in zip(self.val.names, self._val_features, self.val.labels):
-            f, m = pack_windows([values[max(0, e + 1 - self.config.window):e + 1]
-                                 for e in range(min(self.config.window, len(values)) - 1, len(values), 5)],
-                                self.config.window)
-            per_clip.append({"clip": name, "label": "FAKE" if y else "REAL",
-                             "mean_window_prob": round(float(np.mean(head_scores(f, m))), 4)})
-        out["clips"] = per_clip
+        out["clips"] = [{"clip": name, "label": "FAKE" if y else "REAL",
+                         "mean_window_prob": round(float(np.mean(scores[clips == i])), 4)}
+                        for i, (name, y) in enumerate(zip(self.val.names, self.val.labels))]
         return out
 
     # ---- the whole run --------------------------------------------------------------------------------------
