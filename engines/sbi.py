@@ -13,6 +13,7 @@ The steps, all parameterised by one :class:`SBIParams` drawn from a NumPy ``Gene
    (downscale then upscale, or an unsharp mask);
 2. the source is shifted and scaled a little about the face centre;
 3. the mask: the face outline derived from the 5 landmarks (``blend.face_outline`` on an aligned crop),
+   its top sometimes cut above the eyes (or, with ``SBIConfig.top_cut``, at a random forehead height),
    randomly stretched, elastically warped, blurred, cut to its core, blurred again, then scaled by a blend
    ratio drawn from {0.25, 0.5, 0.75, 1, 1, 1};
 4. ``target * (1 - mask) + source * mask``, then (optionally) JPEG at a quality in [40, 100].
@@ -72,6 +73,10 @@ class SBIConfig:
     blur1: tuple[float, float] = (0.01, 0.03)  # first mask blur sigma (the core cut erodes ~3x it)
     blur2: tuple[float, float] = (0.01, 0.05)  # second mask blur sigma
     jpeg_quality: tuple[int, int] = (40, 100)
+    # None: a mask's top is the outline's (mid-forehead) or, for 30% of draws, a fixed cut above the eyes.
+    # (lo, hi): every mask's top is cut at a height drawn from this range, 0 at that fixed cut and 1 at the
+    # outline's top, so the seam's height on the forehead is not the same few rows in every fake.
+    top_cut: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ class SBIParams:
     blur2: float
     ratio: float
     jpeg_quality: int
+    top: float | None = None  # the mask's top cut (SBIConfig.top_cut); None: as ``inner_mask`` says
 
     @classmethod
     def draw(cls, rng: np.random.Generator, config: SBIConfig = SBIConfig()) -> SBIParams:
@@ -125,6 +131,8 @@ class SBIParams:
             blur2=float(u(*c.blur2)),
             ratio=float(BLEND_RATIOS[int(rng.integers(len(BLEND_RATIOS)))]),
             jpeg_quality=int(rng.integers(c.jpeg_quality[0], c.jpeg_quality[1] + 1)),
+            # Drawn last and only when asked for: the other draws stay what they were without it.
+            top=float(u(*c.top_cut)) if c.top_cut is not None else None,
         )
 
 
@@ -201,10 +209,13 @@ class SelfBlender:
     def _crop_mask(self, params: SBIParams) -> np.ndarray:
         size = self.template.size
         outline = self._outline.copy()
-        if params.inner_mask:
+        brow_cut = float(self.template.points[0][:2, 1].mean()) - 0.08 * size  # just above the eyes
+        if params.top is not None:
+            cut = brow_cut + params.top * (float(outline[:, 1].min()) - brow_cut)
+            outline[:, 1] = np.maximum(outline[:, 1], cut)
+        elif params.inner_mask:
             # Cut the outline at the eye line: the forehead and brows stay the target's.
-            eye_y = float(self.template.points[0][:2, 1].mean()) - 0.08 * size
-            outline[:, 1] = np.maximum(outline[:, 1], eye_y)
+            outline[:, 1] = np.maximum(outline[:, 1], brow_cut)
         centre = outline.mean(axis=0)
         outline = (outline - centre) * np.asarray(params.stretch) + centre
         canvas = np.zeros((size, size), np.uint8)

@@ -87,3 +87,28 @@ def test_jpeg_step_and_input_checks():
     np.testing.assert_array_equal(compressed.real, jpeg(raw.real, params.jpeg_quality))
     with pytest.raises(ValueError):
         SelfBlender()(image.astype(np.float32), lmk, params)
+
+
+def test_top_cut_moves_the_masks_top_and_leaves_other_draws_alone():
+    """SBIConfig.top_cut: the other parameters are drawn as without it (old runs reproduce), and the mask's top
+    edge lies lower the lower the cut (0: just above the eyes, 1: the outline's top)."""
+    from dataclasses import replace
+
+    from swapwatch.engines.sbi import SBIConfig
+
+    plain = SBIParams.draw(np.random.default_rng(4))
+    cut = SBIParams.draw(np.random.default_rng(4), SBIConfig(top_cut=(0.0, 1.0)))
+    assert plain.top is None and 0.0 <= cut.top <= 1.0
+    assert replace(cut, top=None) == plain
+    image, lmk = _scene()
+    blender = SelfBlender()
+    flat = replace(plain, elastic_amplitude=0.0, stretch=(1.0, 1.0), ratio=1.0)
+    tops = []
+    for top in (0.0, 0.5, 1.0):
+        mask = blender.mask(image.shape[:2], lmk, replace(flat, top=top))
+        tops.append(int(np.nonzero(mask.max(axis=1) > 0.5)[0].min()))  # first row of the mask's core
+    eye_y = lmk[:2, 1].mean()
+    assert tops[0] > tops[1] > tops[2], tops
+    assert tops[0] < eye_y  # even the lowest cut keeps the eyes inside
+    full = blender.mask(image.shape[:2], lmk, replace(flat, inner_mask=False))
+    assert abs(int(np.nonzero(full.max(axis=1) > 0.5)[0].min()) - tops[2]) <= 1  # 1: the outline's own top
