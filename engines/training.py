@@ -131,7 +131,6 @@ class TrainConfig:
     # What the region map learns for a self-blended fake: "diff" (where it differs from its real frame) or
     # "boundary" (where the blend mask blends, Face X-ray's 4M(1-M)). Fakes without a mask always use "diff".
     region_target: str = "diff"
-    scorer_normalise: bool = False  # per-crop colour standardisation (ScorerConfig.normalise)
     scorer_stem: str = "resnet"  # "yunet": YuNet's first layers, started from its real weights (ScorerConfig.stem)
     # Learning-rate factor of the pretrained YuNet stem (no weight decay on it); 0 freezes it: its filters
     # were learned on far more faces than any training set here, and 17 people can only narrow them.
@@ -145,10 +144,6 @@ class TrainConfig:
     # Self-blend masks cut at a random forehead height (SBIConfig.top_cut), not at the outline's top or a
     # fixed line above the eyes: the seam's height then says nothing, as with rotation, but upright.
     vary_mask_top: bool = False
-    # Clip augmentation sharpens 40% of training clips (ClipAugment.sharpen), real and fake alike.
-    texture_aug: bool = False
-    # Clip augmentation lights half the training clips unevenly (ClipAugment.shade), real and fake alike.
-    shading_aug: bool = False
     face_scale: float = 0.75
     threshold: float = 0.5
     # K >= 2: fit the head's output calibration on K cross-fitted fold models (engines/calibration.py), which
@@ -199,7 +194,6 @@ class TrainConfig:
         try:
             return ScorerConfig(self.scorer_size, self.scorer_widths, self.scorer_blocks,
                                 highpass=self.scorer_highpass, aux_map=self.scorer_aux_map > 0,
-                                normalise=self.scorer_normalise,
                                 local_topk=self.scorer_local_topk, stem=self.scorer_stem)
         except ValueError as exc:
             raise InputError(f"scorer: {exc}") from None
@@ -655,20 +649,10 @@ class ClipAugment:
     flip: bool
     jitter: float  # per-frame landmark noise, fraction of the crop
     seed: int
-    # Unsharp mask on the whole region (0: none): crisper skin texture, deeper wrinkles, harder brows, on a
-    # real clip and its fakes alike, so texture alone is not evidence. Only drawn with ``texture=True``.
-    sharpen: float = 0.0
-    sharpen_sigma: float = 1.0  # region pixels
-    # Uneven light (0: none): a smooth gain field of a few shadow and highlight blobs and a gradient, with this
-    # amplitude in log gain, drawn from ``shade_seed``: deep-set eyes, a brow's shadow, side light, on a real
-    # clip and its fakes alike. A studio's flat light is not every camera's. Only drawn with ``shading=True``.
-    shade: float = 0.0
-    shade_seed: int = 0
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, *, texture: bool = False, shading: bool = False) -> ClipAugment:
-        # The optional draws come last: without them every other draw is what it always was.
-        aug = cls(
+    def draw(cls, rng: np.random.Generator) -> ClipAugment:
+        return cls(
             brightness=float(rng.uniform(-20, 20)),
             contrast=float(rng.uniform(0.85, 1.15)),
             resolution=float(rng.uniform(0.35, 0.85)) if rng.random() < 0.3 else 1.0,
@@ -683,36 +667,10 @@ class ClipAugment:
             jitter=float(rng.uniform(0.0, 0.006)),
             seed=int(rng.integers(0, 2**31 - 1)),
         )
-        if texture and rng.random() < 0.4:
-            aug = replace(aug, sharpen=float(rng.uniform(0.3, 1.2)), sharpen_sigma=float(rng.uniform(1.0, 4.0)))
-        if shading and rng.random() < 0.5:
-            aug = replace(aug, shade=float(rng.uniform(0.2, 0.6)), shade_seed=int(rng.integers(0, 2**31 - 1)))
-        return aug
-
-    def light_field(self, height: int, width: int) -> np.ndarray:
-        """(H, W, 1) float32 gain of the uneven light, the same for every frame of the clip (1 everywhere when
-        ``shade`` is 0). Blob sizes are fractions of the region, so the field scales with the face."""
-        if self.shade <= 0:
-            return np.ones((height, width, 1), np.float32)
-        rng = np.random.default_rng(self.shade_seed)
-        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-        ys, xs = ys / max(height - 1, 1) - 0.5, xs / max(width - 1, 1) - 0.5
-        angle = rng.uniform(0, 2 * np.pi)
-        log_gain = rng.uniform(-1.0, 1.0) * (np.cos(angle) * xs + np.sin(angle) * ys)
-        for _ in range(3):  # mostly shadows: eye sockets, under a brow or the nose
-            cy, cx = rng.uniform(-0.3, 0.3, 2)
-            sigma = rng.uniform(0.06, 0.2)
-            log_gain = log_gain + rng.uniform(-1.0, 0.5) * np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma ** 2))
-        return np.exp(self.shade * log_gain, dtype=np.float32)[..., None]
 
     def degrade(self, roi: np.ndarray, position: int) -> np.ndarray:
         # convertTo-style saturating affine on uint8 (one pass, no float copy of the region).
         img = cv2.addWeighted(roi, self.contrast, roi, 0.0, 128.0 * (1.0 - self.contrast) + self.brightness)
-        if self.shade > 0:
-            img = np.clip(img * self.light_field(*img.shape[:2]), 0, 255).astype(np.uint8)
-        if self.sharpen > 0:
-            soft = cv2.GaussianBlur(img, (0, 0), self.sharpen_sigma)
-            img = cv2.addWeighted(img, 1.0 + self.sharpen, soft, -self.sharpen, 0.0)
         if self.gray:
             img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
         if self.blur > 0:
@@ -750,11 +708,9 @@ class ClipAugment:
 class ClipRenderer:
     """Renders aligned crops of a track as real, self-blended (one SBIParams per clip) or a prepared fake."""
 
-    def __init__(self, template, blender: SelfBlender | None = None, *, texture: bool = False,
-                 shading: bool = False) -> None:
+    def __init__(self, template, blender: SelfBlender | None = None) -> None:
         self.template = template
         self.blender = blender or SelfBlender()
-        self.texture, self.shading = texture, shading  # ClipAugment's optional draws
 
     def render(self, track: FaceTrack, positions: Sequence[int], kinds: Sequence[str], rng: np.random.Generator,
                fakes: dict[str, FaceTrack] | None = None, masks: list[np.ndarray] | None = None) -> list[np.ndarray]:
@@ -762,7 +718,7 @@ class ClipRenderer:
         frame-aligned with ``track``), all under one :class:`ClipAugment` draw. With "sbi" and a ``masks``
         list, each frame's blend mask (its shape: scaled to a peak of 1, ratio left out) is appended to it as
         an (S, S) float32 crop warped like the frame."""
-        aug = ClipAugment.draw(rng, texture=self.texture, shading=self.shading)
+        aug = ClipAugment.draw(rng)
         params = SBIParams.draw(rng, self.blender.config) if "sbi" in kinds else None
         size = self.template.size
         outs = [np.empty((len(positions), size, size, 3), np.uint8) for _ in kinds]
@@ -961,8 +917,7 @@ class DetectorTrainer:
         self.template = detector_template(config.scorer_size, config.face_scale)
         # Training renders use the run's augmentation settings; validation always the defaults, so that runs
         # with different settings are validated on the same clips.
-        self.renderer = ClipRenderer(self.template, SelfBlender(config.sbi_config()), texture=config.texture_aug,
-                                     shading=config.shading_aug)
+        self.renderer = ClipRenderer(self.template, SelfBlender(config.sbi_config()))
         self.val_renderer = ClipRenderer(self.template)
         torch.manual_seed(config.seed)
         scfg = config.scorer_config()

@@ -71,10 +71,6 @@ class ScorerConfig:
     # weights (``FrameScorer.load_stem``): filters learned on hundreds of thousands of real faces, where our
     # own training sees 17 people. It reads raw BGR pixels, so it excludes ``highpass``.
     stem: str = "resnet"
-    # Move each crop's colour to fixed statistics first (per channel, measured on the crop's centre, where the
-    # face is): a studio's light and a person's skin tone then say less, while a seam or a colour mismatch
-    # between the inner face and its surroundings, which a per-channel affine change keeps, still shows.
-    normalise: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -285,19 +281,8 @@ class FrameScorer(nn.Module):
         features, logits, _ = self.forward_train(crops, with_map=False)
         return features, logits
 
-    NORMAL_STD = 48.0  # the channel spread crops are moved to (about a well-exposed face's)
-
-    def _normalise(self, crops: torch.Tensor) -> torch.Tensor:
-        q = self.config.size // 4
-        centre = crops[:, :, q:-q, q:-q]
-        mean = centre.mean(dim=(2, 3), keepdim=True)
-        std = (centre - mean).pow(2).mean(dim=(2, 3), keepdim=True).add(1.0).sqrt()  # +1: a flat crop stays finite
-        return ((crops - mean) * (self.NORMAL_STD / std) + self.PIXEL_MEAN).clamp(0.0, 255.0)
-
     def forward_train(self, crops: torch.Tensor, *, with_map: bool = True):
         """(features, logits, altered-region map logits (N, 1, h, w) at the map stage's resolution, or None)."""
-        if self.config.normalise:
-            crops = self._normalise(crops)
         x = crops if self.config.stem == "yunet" else (crops - self.PIXEL_MEAN) * self.PIXEL_SCALE
         if self.config.highpass:
             blurred = nn.functional.conv2d(nn.functional.pad(x, (2, 2, 2, 2), mode="replicate"),

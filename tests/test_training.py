@@ -4,7 +4,6 @@ interrupted-and-resumed twin ends with exactly the same weights."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -326,64 +325,9 @@ def test_frozen_yunet_stem_and_frame_mean_head(shared_assets, tmp_path):
     np.testing.assert_allclose(detector.window_logits(window, mask), [logits.mean()], atol=1e-5)
 
 
-def test_texture_augmentation_sharpens_real_and_fake_alike_without_moving_other_draws():
-    """--texture-aug: ClipAugment's other draws are unchanged (old runs reproduce); a sharpened region has
-    more high-frequency energy, and the same draw degrades every kind of a pair the same way."""
-    import cv2
-
-    from swapwatch.engines.training import ClipAugment
-
-    for seed in range(40):
-        plain = ClipAugment.draw(np.random.default_rng(seed))
-        textured = ClipAugment.draw(np.random.default_rng(seed), texture=True)
-        assert plain.sharpen == 0.0
-        assert replace(textured, sharpen=0.0, sharpen_sigma=1.0) == plain
-        if textured.sharpen > 0:
-            break
-    else:
-        raise AssertionError("no draw in 40 sharpened")
-    assert 0.3 <= textured.sharpen <= 1.2 and 1.0 <= textured.sharpen_sigma <= 4.0
-    rng = np.random.default_rng(0)
-    roi = cv2.GaussianBlur(rng.integers(60, 200, (96, 96, 3)).astype(np.uint8), (0, 0), 2.0)
-    clean = replace(textured, quality=None, resolution=1.0, blur=0.0, noise=0.0, gray=False)
-    energy = [float(np.abs(cv2.Laplacian(a.astype(np.float32), cv2.CV_32F)).mean())
-              for a in (clean.degrade(roi, 0), replace(clean, sharpen=0.0).degrade(roi, 0))]
-    assert energy[0] > 1.2 * energy[1]
-    np.testing.assert_array_equal(clean.degrade(roi, 3), clean.degrade(roi.copy(), 3))
-
-
-def test_shading_augmentation_is_smooth_seeded_and_leaves_other_draws_alone():
-    """--shading-aug: a smooth gain field (no edges of its own, which would be a seam), the same for every frame
-    of a clip; the other draws are unchanged."""
-    import cv2
-
-    from swapwatch.engines.training import ClipAugment
-
-    draws = [(ClipAugment.draw(np.random.default_rng(s)), ClipAugment.draw(np.random.default_rng(s), shading=True))
-             for s in range(40)]
-    for plain, shaded in draws:
-        assert replace(shaded, shade=0.0, shade_seed=0) == plain
-    shaded = next(b for _, b in draws if b.shade > 0)
-    assert 0.2 <= shaded.shade <= 0.6 and sum(b.shade > 0 for _, b in draws) in range(8, 33)
-    np.testing.assert_array_equal(draws[0][0].light_field(30, 40), np.ones((30, 40, 1), np.float32))
-    field = shaded.light_field(120, 100)
-    assert field.shape == (120, 100, 1) and field.min() > 0
-    assert field.max() / field.min() > 1.2  # it does light unevenly
-    np.testing.assert_array_equal(field, shaded.light_field(120, 100))
-    log = np.log(field[..., 0])
-    # Smooth: its second differences are tiny next to its range (a blob is >= 6% of the region wide).
-    assert np.abs(cv2.Laplacian(log, cv2.CV_32F)).max() < 0.05 * (log.max() - log.min())
-    clean = replace(shaded, quality=None, resolution=1.0, blur=0.0, noise=0.0, gray=False, brightness=0.0,
-                    contrast=1.0)
-    roi = np.full((120, 100, 3), 128, np.uint8)
-    out = clean.degrade(roi, 0)
-    np.testing.assert_allclose(out[..., 0], np.clip(128 * field[..., 0], 0, 255), atol=1.0)
-    np.testing.assert_array_equal(out, clean.degrade(roi, 7))  # every frame lit alike
-
-
-def test_augmentation_options_reach_the_training_renders_only(shared_assets, yunet_onnx, tmp_path):
-    """--vary-mask-top, --texture-aug and --shading-aug change the pairs a run trains on (so its weights), not the
-    clips it validates on (so runs with and without them are compared on the same clips)."""
+def test_vary_mask_top_reaches_the_training_renders_only(shared_assets, yunet_onnx, tmp_path):
+    """--vary-mask-top changes the pairs a run trains on (so its weights), not the clips it validates on (so
+    runs with and without it are compared on the same clips)."""
     import torch
 
     from swapwatch.cli import main
@@ -391,24 +335,22 @@ def test_augmentation_options_reach_the_training_renders_only(shared_assets, yun
     from swapwatch.engines.training import DetectorTrainer, collect_items, prepare_data
 
     media = _two_clips_and_a_photo(shared_assets)
-    extra = ("--pair-pool", "32")
-    flags = ("--vary-mask-top", "--texture-aug", "--shading-aug")
-    assert main(_args(tmp_path / "plain", media, *extra)[0]) == 0
-    assert main(_args(tmp_path / "aug", media, *extra, *flags)[0]) == 0
-    logs = [json.loads((tmp_path / d / "training_log.json").read_text()) for d in ("plain", "aug")]
+    runs = {"plain": ("--pair-pool", "32"), "top": ("--pair-pool", "32", "--vary-mask-top")}
+    for name, extra in runs.items():
+        assert main(_args(tmp_path / name, media, *extra)[0]) == 0
+    logs = [json.loads((tmp_path / d / "training_log.json").read_text()) for d in runs]
     assert [log["config"]["vary_mask_top"] for log in logs] == [False, True]
-    assert logs[1]["config"]["texture_aug"] and logs[1]["config"]["shading_aug"]
-    a, b = (torch.load(tmp_path / d / "detector.pt", weights_only=True)["scorer"] for d in ("plain", "aug"))
+    a, b = (torch.load(tmp_path / d / "detector.pt", weights_only=True)["scorer"] for d in runs)
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
     trainers = []
-    for d, more in (("plain", ()), ("aug", flags)):
-        config, spec = config_from_args(_args(tmp_path / d, media, *extra, *more)[1])
+    for name, extra in runs.items():
+        config, spec = config_from_args(_args(tmp_path / name, media, *extra)[1])
         data = prepare_data(collect_items(spec), config, detector_model=yunet_onnx, echo=lambda s: None)
         trainers.append(DetectorTrainer(config, data, echo=lambda s: None))
-    plain, aug = trainers
-    assert aug.renderer.texture and aug.renderer.shading and aug.renderer.blender.config.top_cut == (0.0, 1.0)
-    assert not aug.val_renderer.texture and not aug.val_renderer.shading
-    assert len(plain.val.crops) == len(aug.val.crops)
-    for x, y in zip(plain.val.crops, aug.val.crops):
+    plain, top = trainers
+    assert top.renderer.blender.config.top_cut == (0.0, 1.0) and plain.renderer.blender.config.top_cut is None
+    assert top.val_renderer.blender.config.top_cut is None
+    assert len(plain.val.crops) == len(top.val.crops) > 0
+    for x, y in zip(plain.val.crops, top.val.crops):
         np.testing.assert_array_equal(x, y)

@@ -86,9 +86,6 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     train.add_argument("--stem", choices=("resnet", "yunet"), default="resnet",
                        help="the scorer's first layers: our own (trained from scratch) or YuNet's first 11 "
                             "convolutions started from its real weights (to stride 8; not with --highpass)")
-    train.add_argument("--normalise-colour", action="store_true",
-                       help="move each crop's colour to fixed per-channel statistics (measured on the face) "
-                            "before the scorer: light and skin tone say less, seams still show")
     train.add_argument("--stem-lr-scale", type=float, default=0.1, metavar="F",
                        help="learning-rate factor of the YuNet stem (0 freezes it)")
     train.add_argument("--local-evidence", type=int, default=0, metavar="K",
@@ -104,12 +101,6 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     train.add_argument("--vary-mask-top", action="store_true",
                        help="cut each self-blend mask's top at a random forehead height instead of the face "
                             "outline's top or a fixed line above the eyes (the seam's height is not evidence)")
-    train.add_argument("--texture-aug", action="store_true",
-                       help="sharpen 40%% of training clips, real and fake alike (crisper skin, deeper wrinkles: "
-                            "texture alone is not evidence)")
-    train.add_argument("--shading-aug", action="store_true",
-                       help="light half the training clips unevenly, real and fake alike (shadowed eyes and "
-                            "brows, side light: shading alone is not evidence)")
     train.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                        help="face-track cache, reusable across runs (default: OUT/cache)")
     train.add_argument("--lr", type=float, default=2e-3)
@@ -132,9 +123,8 @@ def config_from_args(args: argparse.Namespace):
         window=args.window, scorer_size=args.crop_size, scorer_widths=args.widths,
         scorer_blocks=(1,) * len(args.widths), scorer_highpass=args.highpass,
         scorer_aux_map=args.region_map, scorer_local_topk=args.local_evidence, region_target=args.region_target,
-        scorer_stem=args.stem, stem_lr_scale=args.stem_lr_scale, scorer_normalise=args.normalise_colour,
+        scorer_stem=args.stem, stem_lr_scale=args.stem_lr_scale,
         pair_pool=args.pair_pool, rotate_pairs=args.rotate_pairs, vary_mask_top=args.vary_mask_top,
-        texture_aug=args.texture_aug, shading_aug=args.shading_aug,
         max_frames=args.max_frames, val_identities=args.val_identities,
         val_fraction=args.val_fraction, swap_fakes=args.swapwatch_fakes, swappers=args.swappers,
         swap_sources=args.swap_sources,
