@@ -20,6 +20,8 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
+from swapwatch.export.onnx_export import retry_spurious_ast_error
+
 STRIDES = (8, 16, 32)
 ANCHORS = 2
 # det_10g's output names, score/box/keypoints for strides 8, 16, 32.
@@ -82,13 +84,16 @@ def export_base(*, seed: int = 0, score_bias: float = -4.0) -> onnx.ModelProto:
     """
     model = _TinySCRFD(torch.Generator().manual_seed(seed), score_bias=score_bias).eval()
     height, width = torch.export.Dim("height", min=32, max=4096), torch.export.Dim("width", min=32, max=4096)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.export's own internal deprecation notices
-        program = torch.onnx.export(model, (torch.zeros(1, 3, FIXTURE_SIZE, FIXTURE_SIZE),), None,
-                                    input_names=["input.1"], output_names=list(CANONICAL),
-                                    dynamic_shapes=({2: height, 3: width},), opset_version=18, dynamo=True,
-                                    external_data=False, verbose=False)
-    return program.model_proto
+
+    def export():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.export's own internal deprecation notices
+            return torch.onnx.export(model, (torch.zeros(1, 3, FIXTURE_SIZE, FIXTURE_SIZE),), None,
+                                     input_names=["input.1"], output_names=list(CANONICAL),
+                                     dynamic_shapes=({2: height, 3: width},), opset_version=18, dynamo=True,
+                                     external_data=False, verbose=False)
+
+    return retry_spurious_ast_error(export).model_proto
 
 
 def make_variant(base: onnx.ModelProto, variant: str) -> onnx.ModelProto:

@@ -14,7 +14,7 @@ from swapwatch.engines.engine import (BACKENDS, TensorSpec, available_backends, 
 from swapwatch.engines.ort_backend import OnnxRuntimeEngine
 from swapwatch.engines.torch_backend import TorchEngine
 from swapwatch.errors import BackendUnavailable, ModelError
-from swapwatch.export.onnx_export import export_onnx
+from swapwatch.export.onnx_export import export_onnx, retry_spurious_ast_error
 
 
 class TwoHeads(nn.Module):
@@ -162,3 +162,27 @@ def test_tensorrt_engine_builds_caches_and_matches(model_and_onnx, tmp_path):
         torch.testing.assert_close(out[name].cpu(), ref[name], atol=1e-3, rtol=1e-3)
     again = TensorRTEngine.from_onnx(path, precision="fp32", max_batch=8, cache_dir=tmp_path)  # cache hit
     assert list(tmp_path.glob("*.plan")) == plans and again.inputs[0].name == "image"
+
+
+def test_spurious_ast_error_is_retried_and_nothing_else_is():
+    """CPython 3.11's spurious AST "recursion depth mismatch" SystemError (python/cpython#106905) makes an
+    export run again, up to three times; any other error is raised at once."""
+    calls = []
+
+    def flaky(failures: int, message: str = "AST constructor recursion depth mismatch (before=162, after=35)"):
+        def call():
+            calls.append(1)
+            if len(calls) <= failures:
+                raise SystemError(message)
+            return "exported"
+        return call
+
+    assert retry_spurious_ast_error(flaky(2)) == "exported" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(SystemError, match="recursion depth mismatch"):
+        retry_spurious_ast_error(flaky(3))
+    assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(SystemError, match="something else"):
+        retry_spurious_ast_error(flaky(1, "something else"))
+    assert len(calls) == 1
