@@ -48,7 +48,7 @@ def main() -> int:
             for version, frames in versions.items():
                 scores = acceptance._clip_score(detector, frames, yunet)
                 frame_mean = np.mean([p for t in scores.tracks.values() for p in t.frame_probs])
-                ok = scores.verdict == ("REAL" if version == "real" else "FAKE")
+                ok = scores.verdict == acceptance.expected_verdict(version)
                 right += ok
                 cases.append(f"{clip}/{version} {scores.score:.3f}{'' if ok else '!'} (frames {frame_mean:.2f})")
         print(f"{model}: {right}/{len(cases)} right; " + "; ".join(cases), flush=True)

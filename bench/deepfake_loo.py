@@ -61,6 +61,10 @@ def _train_folds(clips: list[str], out: Path, photo_id: str, train_args: list[st
                 print(f"fold {clip} trained", flush=True)
 
 
+def _prob(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3f}"
+
+
 def main() -> int:
     argv = sys.argv[1:]
     train_args = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -86,31 +90,34 @@ def main() -> int:
         versions = acceptance._held_out_versions(args.assets / "videos" / f"{clip}.mpg",
                                                  args.assets / "faces" / args.source_photo, yunet)
         detector = DeepfakeDetector.load(args.out / clip, backend="onnxruntime", device="cpu")
-        scores = {v: acceptance._clip_score(detector, frames, yunet).score for v, frames in versions.items()}
+        results = {v: acceptance._clip_score(detector, frames, yunet) for v, frames in versions.items()}
         final = json.loads((args.out / clip / "training_log.json").read_text())["final"]
-        folds.append({"clip": clip, "scores": scores, "window_auc": final.get("window_auc"),
-                      "threshold": detector.info.threshold})
-        marks = {v: "" if (s >= detector.info.threshold) == (v != "real") else "!" for v, s in scores.items()}
-        print(f"{clip}: " + ", ".join(f"{v} {s:.3f}{marks[v]}" for v, s in scores.items())
-              + f"; window AUC {final.get('window_auc', float('nan')):.3f}", flush=True)
-    reals = np.array([f["scores"]["real"] for f in folds])
-    fakes = np.array([s for f in folds for v, s in f["scores"].items() if v != "real"])
+        folds.append({"clip": clip, "scores": {v: r.score for v, r in results.items()},
+                      "verdicts": {v: r.verdict for v, r in results.items()},
+                      "window_auc": final.get("window_auc"), "threshold": detector.info.threshold})
+        print(f"{clip}: " + ", ".join(
+            f"{v} {r.verdict} {_prob(r.score)}{'' if r.verdict == acceptance.expected_verdict(v) else '!'}"
+            for v, r in results.items()) + f"; window AUC {final.get('window_auc', float('nan')):.3f}", flush=True)
+    cases = [(v, verdict) for f in folds for v, verdict in f["verdicts"].items()]
+    reals = [s for f in folds for v, s in f["scores"].items() if v == "real" and s is not None]
+    fakes = [s for f in folds for v, s in f["scores"].items() if v != "real" and s is not None]
     threshold = folds[0]["threshold"]
+    n_real = sum(v == "real" for v, _ in cases)
     summary = {
         "folds": len(folds),
-        "real_clips_flagged": int((reals >= threshold).sum()),
-        "fakes_missed": int((fakes < threshold).sum()),
-        "fakes": int(fakes.size),
-        "cases_right": int((reals < threshold).sum() + (fakes >= threshold).sum()),
-        "one_threshold_separates_all": bool(reals.max() < fakes.min()),
-        "highest_real": float(reals.max()), "lowest_fake": float(fakes.min()),
+        "real_clips_flagged": sum(v == "real" and verdict == "FAKE" for v, verdict in cases),
+        "fakes_missed": sum(v != "real" and verdict != "FAKE" for v, verdict in cases),
+        "fakes": len(cases) - n_real,
+        "cases_right": sum(verdict == acceptance.expected_verdict(v) for v, verdict in cases),
+        "one_threshold_separates_all": bool(reals and fakes and max(reals) < min(fakes)),
+        "highest_real": max(reals, default=None), "lowest_fake": min(fakes, default=None),
         "mean_window_auc": float(np.mean([f["window_auc"] for f in folds])),
     }
     (args.out / "loo.json").write_text(json.dumps({"train_args": train_args, "source_photo": args.source_photo,
                                                    "folds": folds, "summary": summary}, indent=2))
-    print(f"summary: {summary['cases_right']}/{len(reals) + fakes.size} cases right at {threshold}; real clips "
-          f"flagged {summary['real_clips_flagged']}/{len(reals)}, fakes missed {summary['fakes_missed']}/"
-          f"{fakes.size}; highest real {summary['highest_real']:.3f}, lowest fake {summary['lowest_fake']:.3f}; "
+    print(f"summary: {summary['cases_right']}/{len(cases)} cases right at {threshold}; real clips flagged "
+          f"{summary['real_clips_flagged']}/{n_real}, fakes missed {summary['fakes_missed']}/{summary['fakes']}; "
+          f"highest real {_prob(summary['highest_real'])}, lowest fake {_prob(summary['lowest_fake'])}; "
           f"mean held-out window AUC {summary['mean_window_auc']:.3f} -> {args.out / 'loo.json'}")
     return 0
 

@@ -157,9 +157,10 @@ def cross_fit(config, data, *, stem_weights: Path | None, echo: Callable[[str], 
     if not a > 0:
         raise InputError(f"out-of-fold windows rank real above fake (AUC {auc:.3f}): no calibration can help; "
                          "train without --calibrate")
-    names = sorted(set(kind.tolist()), key=lambda v: (v != "real", v))
+    names = sorted(set(kind.tolist()), key=lambda v: (v != "real", v))  # real first
+    fitted = set(kind[fit].tolist())
     result = Calibration(
-        scale=a, bias=b, folds=groups, fitted_on=sorted(set(kind[fit].tolist()), key=lambda v: (v != "real", v)),
+        scale=a, bias=b, folds=groups, fitted_on=[v for v in names if v in fitted],
         windows={v: int((kind == v).sum()) for v in names}, window_auc=auc,
         flagged={v: float(np.mean(sigmoid(a * z[kind == v] + b) >= 0.5)) for v in names},
         raw_flagged={v: float(np.mean(sigmoid(z[kind == v]) >= 0.5)) for v in names})

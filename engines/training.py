@@ -983,9 +983,9 @@ class DetectorTrainer:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         # A setting added after the checkpoint was written had its default then.
         saved = {**TrainConfig(out=self.config.out).fingerprint(), **json.loads(payload["fingerprint"])}
-        if saved != self.config.fingerprint():
-            diff = sorted(k for k in set(saved) | set(self.config.fingerprint())
-                          if saved.get(k) != self.config.fingerprint().get(k))
+        current = self.config.fingerprint()
+        if saved != current:
+            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
             raise InputError(f"{path} was written with other settings ({', '.join(diff)}); resume with the same "
                              f"options (only --epochs/--head-epochs may change) or start in a new --out")
         self.scorer.load_state_dict(payload["scorer"])

@@ -506,6 +506,11 @@ def _held_out_versions(clip: Path, source_photo: Path, yunet_onnx: Path) -> dict
     return out
 
 
+def expected_verdict(version: str) -> str:
+    """What a right detector says of an acceptance case: REAL for the clip as it is, FAKE for its fakes."""
+    return "REAL" if version == "real" else "FAKE"
+
+
 def _clip_score(detector: DeepfakeDetector, frames: list[np.ndarray], yunet_onnx: Path):
     """Live conditions: YuNet + the smoothed tracker, full windows only, a window every 5 frames."""
     from swapwatch.engines.tracking import FACE_SMOOTHING, FaceTracker, KeyframeTracker
@@ -540,6 +545,6 @@ def _case(clip: str, version: str):
 def test_default_model_verdicts_on_held_out_identities(default_detector, held_out_scores, clip, version):
     score = held_out_scores[(clip, version)]
     threshold = default_detector.info.threshold
-    expected = "REAL" if version == "real" else "FAKE"
+    expected = expected_verdict(version)
     verdict = "FAKE" if score >= threshold else "REAL"
     assert verdict == expected, f"{clip}/{version}: window probability {score:.3f}, threshold {threshold}"
