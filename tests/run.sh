@@ -10,8 +10,9 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "note: chromium is not installed and this is not root; the browser tests will be skipped" >&2
   fi
 fi
-# torch 2.13.0 is the CPU build the project is developed and tested with (see README).
-pip install torch==2.13.0 -e '.[dev]'
+# torch 2.13.0 is the CPU build the project is developed and tested with (see README); constraints.txt pins
+# every other package to the versions CI tested (re-resolve with tests/lock.sh).
+pip install -c constraints.txt torch==2.13.0 -e '.[dev]'
 # The real MTCNN weights live in this wheel; it is downloaded for the tests, never installed.
 pip download --no-deps -d .cache/wheels facenet-pytorch==2.6.0
 # pytest's exit code 5 (no tests collected) fails this script, as any non-zero code does.
