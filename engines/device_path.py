@@ -1004,8 +1004,8 @@ class DeviceFramePath:
             r = grid - self._box3(grid)
             rms = torch.sqrt(self._box3(r * r))
             amp = (cfg.strength + cfg.texture_gain * rms).clamp_(cfg.strength, cfg.max_strength)
-            delta = ry @ (pattern * amp) @ rxt  # (B, H, W)
-            frames.copy_(torch.round(frames + delta[:, None]).clamp_(0.0, 255.0))
+            delta = torch.round(ry @ (pattern * amp) @ rxt)  # (B, H, W) whole levels, as Watermarker.embed
+            frames.copy_((frames + delta[:, None]).clamp_(0.0, 255.0))
         if sel is not None:
             g.work[sel] = frames
 

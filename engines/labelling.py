@@ -326,8 +326,11 @@ class Watermarker:
         local_rms = np.sqrt(cv2.blur(r * r, (3, 3), borderType=cv2.BORDER_REFLECT))
         amp = np.clip(cfg.strength + cfg.texture_gain * local_rms, cfg.strength, cfg.max_strength)
         delta = cv2.resize(self._pattern * amp, (w, h), interpolation=cv2.INTER_LINEAR)
-        # Same delta on B, G and R: luma moves by delta, chroma stays. Rounded and saturated to uint8.
-        return cv2.add(frame_bgr, cv2.merge([delta, delta, delta]), dtype=cv2.CV_8U)
+        # Rounded to whole levels once, then the same integer added to B, G and R: luma moves by delta and
+        # chroma stays, whatever a library's rounding of .5 ties (adding the float delta per channel rounded
+        # ties differently on channels of different values with some OpenCV builds). Saturated to uint8.
+        step = np.rint(delta).astype(np.int16)[..., None]
+        return np.clip(frame_bgr.astype(np.int16) + step, 0, 255).astype(np.uint8)
 
     __call__ = embed
 

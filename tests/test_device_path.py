@@ -5,7 +5,8 @@ Tolerance. Measured on the first GRID frames at 360x288, 640x512 and 720x288 (on
 - classic swapper, labelled: max difference 2 levels (on 0.001% of pixels of one frame), elsewhere 0 or 1;
   1.4-1.7% of pixels differ by 1 level. Without the labeller: max 1, on 0.015-0.04% of pixels.
 - SimSwap fixture (torch generator, Lab colour match), labelled: max 2; 5.6-5.9% of pixels by 1 level,
-  0.07% by 2. Unlabelled: 4.3% by 1, 0.002% by 2.
+  0.04% by 2 (OpenCV 5.0.0 and 5.1.0, since the watermark adds whole levels; 0.11% with OpenCV 5.1 before).
+  Unlabelled: 4.3% by 1, 0.002% by 2.
 
 Where it comes from: interpolation arithmetic, not logic. cv2.warpAffine quantises sample positions to 1/32
 pixel and uses fixed-point weights on uint8 images, grid_sample interpolates in float32, so a crop or pasted
@@ -15,7 +16,9 @@ accumulation order, which the device's matrix products do not reproduce, so a fe
 differ by one level and the texture-masked amplitude around them by a fraction of a level: 1 level on ~1.5%
 of pixels, watermark score unchanged to 0.1. SimSwap: OpenCV's float Lab uses spline tables for gamma and
 cube root (0.33 Lab units from the formulas), and the colour transfer spreads that over the face.
-The assertions leave one level of margin over the worst case: max <= 3, and >= 99.9% of pixels within 1.
+These roundings move with the OpenCV build, so the assertions bound them rather than pin one build's count:
+max <= 3 levels (one over the worst case), >= 99.8% of pixels within 1 and a mean difference <= 0.1 level,
+which any logic error (a face region off by many levels) breaks. Run with OpenCV 5.0.0 and 5.1.0.
 No timing assertions.
 """
 
@@ -47,19 +50,23 @@ from swapwatch.engines.pipeline import SwapPipeline
 # The same tests run the CUDA path where a GPU is present (pinned buffers, copy stream, events: untested here).
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 MAX_LEVELS = 3  # measured 2
-WITHIN_ONE = 0.999  # share of pixels within 1 level; measured >= 99.93%
+# Share of pixels within 1 level; measured >= 99.957% (OpenCV 5.0.0 and 5.1.0). A logic error (a wrong colour
+# space, mask or warp) moves a whole face region, several % of a frame's pixels, by many levels.
+WITHIN_ONE = 0.998
+MEAN_LEVELS = 0.1  # mean |difference| over pixels and channels; measured <= 0.023
 
 
-def parity(cpu: np.ndarray, dev: np.ndarray) -> tuple[int, float]:
-    """(max difference over pixels and channels, share of pixels within 1 level)."""
+def parity(cpu: np.ndarray, dev: np.ndarray) -> tuple[int, float, float]:
+    """(max difference over pixels and channels, share of pixels within 1 level, mean difference)."""
     assert cpu.shape == dev.shape and dev.dtype == np.uint8
-    diff = np.abs(cpu.astype(np.int16) - dev.astype(np.int16)).max(axis=2)
-    return int(diff.max()), float((diff <= 1).mean())
+    diff = np.abs(cpu.astype(np.int16) - dev.astype(np.int16))
+    worst = diff.max(axis=2)
+    return int(worst.max()), float((worst <= 1).mean()), float(diff.mean())
 
 
 def assert_parity(cpu: np.ndarray, dev: np.ndarray) -> None:
-    worst, within = parity(cpu, dev)
-    assert worst <= MAX_LEVELS and within >= WITHIN_ONE, (worst, within)
+    worst, within, mean = parity(cpu, dev)
+    assert worst <= MAX_LEVELS and within >= WITHIN_ONE and mean <= MEAN_LEVELS, (worst, within, mean)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +169,7 @@ def test_frames_without_faces(classic, grid_frames, device):
     dev = DeviceFramePath(swapper, labeller=labeller, masks=pipe.masks,
                           config=DevicePathConfig(device=device)).process([FrameJob(frame)])
     assert dev.swapped == [0] and dev.host_round_trips == 0
-    worst, within = parity(cpu_labelled, dev.frames[0])
+    worst, within, _ = parity(cpu_labelled, dev.frames[0])
     assert worst <= 1 and within == 1.0
     assert Watermarker().detect(dev.frames[0]).found
     off = DeviceFramePath(swapper, labeller=labeller,
