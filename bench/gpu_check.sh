@@ -259,7 +259,7 @@ for line in sys.stdin.read().splitlines():
         pass
 PY
 
-COMMON="--device $DEVICE --device-path --no-codec --rounds 1 --detector on"
+COMMON="--device $DEVICE --device-path --no-codec --rounds 1 --deepfake on"
 SIMSWAP="--swap-model simswap-224 --random-weights"
 frames_for() {  # timed frames and warm-up per session, by session count
   if [ "$DRY" = 1 ]; then echo "--frames 2 --warmup 1"; return; fi

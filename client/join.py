@@ -21,11 +21,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from swapwatch.errors import InputError, SwapwatchError
+from swapwatch.stream.offer import DEFAULT_FACES, DEFAULT_MODE, FACES, MODES
 
 log = logging.getLogger(__name__)
 
-MODES = ("swap", "monitor", "both")
-FACES = ("all", "largest")
 CAMERA = "camera"
 
 
@@ -37,9 +36,9 @@ class JoinError(SwapwatchError):
 class JoinConfig:
     url: str  # the server's base URL, e.g. http://127.0.0.1:8080
     input: str  # a video file, or "camera"
-    mode: str = "swap"
+    mode: str = DEFAULT_MODE
     source: str | None = None  # a face photo to upload (needed by swap and both)
-    faces: str = "all"
+    faces: str = DEFAULT_FACES
     record: str | None = None  # write the processed video here (.mp4, .mkv, .webm)
     token: str | None = None
     duration: float | None = None  # stop after this many seconds (default: when the input ends)

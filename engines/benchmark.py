@@ -110,7 +110,7 @@ class BenchConfig:
     swap_model: str = "auto"
     random_weights: bool = False  # SimSwap in its released architecture with seeded random weights
     face_detector: str = "yunet"
-    deepfake: bool = True  # run the deepfake detector (--detector on)
+    deepfake: bool = True  # run the deepfake detector (--deepfake on)
     detect_every: int = TrackingConfig.detect_every  # pipeline: detector every k frames (serve's default)
     smoothing: bool = True
     feature_stride: int = DeepfakeConfig.feature_stride  # pipeline's deepfake strides: serve's defaults

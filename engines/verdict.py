@@ -36,8 +36,9 @@ MODEL_CARD = "MODEL_CARD.md"
 class VideoReport:
     """The result of :func:`detect_video`. Times are in seconds from the start of the video.
 
-    ``windows``: one ``{"track", "start", "end", "score"}`` per scored window (the window's first and last
-    frame times and its probability of being fake); ``tracks``: one ``{"track", "score", "verdict", "frames",
+    ``windows``: one ``{"track", "start", "end", "score", "frames", "full"}`` per scored window (the window's
+    first and last frame times, its probability of being fake, how many of the track's frames it holds and
+    whether that is the model's whole window: a track's first windows are shorter); ``tracks``: one ``{"track", "score", "verdict", "frames",
     "first", "last", "counted"}`` per face track (``counted``: long enough to take part in the video's score,
     see :attr:`ClipScores.score`).
     """
@@ -208,8 +209,11 @@ def _windows_and_tracks(clip: ClipScores, window: int) -> tuple[list[dict], list
         for end, p in zip(ts.window_times, ts.window_probs):
             while j < len(times) - 1 and times[j] < end:  # window ends are frame times, in order
                 j += 1
-            start = times[max(0, j - window + 1)]
-            windows.append({"track": tid, "start": round(start, 3), "end": round(end, 3), "score": _r(p)})
+            first = max(0, j - window + 1)
+            # A track's first windows hold fewer than the model's W frames (a score from the first frame on,
+            # so that short clips get one): "frames" says how many, "full" whether it is a whole window.
+            windows.append({"track": tid, "start": round(times[first], 3), "end": round(end, 3), "score": _r(p),
+                            "frames": j - first + 1, "full": j - first + 1 >= window})
         score = ts.score
         tracks.append({
             "track": tid, "score": _r(score),

@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from swapwatch.engines.alerts import EVENTS, KINDS
+
 # The stages a frame goes through, in order (see worker.py / processing.py). "queue" is the wait for the
 # worker; "total" is the worker's whole time on the frame; "generate" is shared by a batch's frames. With the
 # device path on, upload .. download (and device_overhead, the call's untimed rest) are the batch's.
@@ -125,6 +127,7 @@ class ServerStats:
     sessions_created: int = 0
     sessions_rejected: dict[str, int] = field(default_factory=dict)  # by reason: full, auth, bad_offer, ...
     sessions_closed: dict[str, int] = field(default_factory=dict)  # by reason: idle, peer, client, ...
+    alerts: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, event) -> alert messages sent
 
     def reject(self, reason: str) -> None:
         self.sessions_rejected[reason] = self.sessions_rejected.get(reason, 0) + 1
@@ -172,6 +175,12 @@ class SessionStats:
 
     def error(self) -> None:
         self._bump("errors")
+
+    def alert(self, kind: str, event: str) -> None:
+        """One alert message (kind model|watermark, event start|update|end), counted in the server's totals."""
+        if self.server is not None:
+            key = (kind, event)
+            self.server.alerts[key] = self.server.alerts.get(key, 0) + 1
 
     def stage_times(self, timings: Mapping[str, float]) -> None:
         self.stages.add_all(timings)
@@ -282,6 +291,13 @@ def render_prometheus(stats: ServerStats, *, sessions: int, max_sessions: int, q
     out.counter("swapwatch_frames_repeated_total",
                 "Frames sent as a stand-in (the last processed frame again, or the placeholder).", c.repeated)
     out.counter("swapwatch_frame_errors_total", "Frames the worker failed on.", c.errors)
+    # Every (kind, event) pair is written from the start, so that rate() and alerting rules see zeros.
+    kinds = sorted(set(KINDS) | {k for k, _ in stats.alerts})
+    out.counter("swapwatch_alerts_total", "Alert messages sent, by kind (model, watermark) and event "
+                "(start, update, end).",
+                [({"kind": k, "event": e}, stats.alerts.get((k, e), 0)) for k in kinds for e in EVENTS])
+    out.gauge("swapwatch_alerts_active", "Alerts started and not yet ended, by kind.",
+              [({"kind": k}, stats.alerts.get((k, "start"), 0) - stats.alerts.get((k, "end"), 0)) for k in kinds])
     out.gauge("swapwatch_worker_queue_depth", "Jobs waiting for the inference worker.", queue_depth)
     out.summary("swapwatch_added_latency_seconds",
                 "Server-side added latency: decoded frame in -> frame handed to the encoder.", [({}, stats.latency)])

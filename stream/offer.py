@@ -12,11 +12,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from aiortc.sdp import SessionDescription
-
 MODES = ("swap", "monitor", "both")
 FACES = ("all", "largest")
 SWAPPING_MODES = ("swap", "both")
+# The defaults of the page, `swapwatch join` and an offer that does not say: one person at a camera is the
+# usual session, and a bystander's face should not be swapped unless asked for.
+DEFAULT_MODE = "swap"
+DEFAULT_FACES = "largest"
 
 
 class OfferError(ValueError):
@@ -27,9 +29,9 @@ class OfferError(ValueError):
 class SessionSettings:
     """What a session does with its frames; changed later by websocket control messages."""
 
-    mode: str = "swap"
+    mode: str = DEFAULT_MODE
     source: str | None = None
-    faces: str = "all"
+    faces: str = DEFAULT_FACES
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -75,7 +77,7 @@ class OfferRequest:
         if kind != "offer":
             raise OfferError("'type' must be 'offer'")
         mode = data.get("mode", "swap")
-        faces = data.get("faces", "all")
+        faces = data.get("faces", DEFAULT_FACES)
         source = data.get("source")
         record = data.get("record", False)
         if not isinstance(mode, str) or not isinstance(faces, str):
@@ -93,6 +95,8 @@ def check_sdp(sdp: str) -> None:
     """Refuse SDP that cannot start a session, with the reason (aiortc's parser accepts almost anything)."""
     if not sdp.startswith("v=0"):
         raise OfferError("SDP must start with 'v=0'")
+    from aiortc.sdp import SessionDescription  # here, so that the CLI's parsers can read the defaults cheaply
+
     try:
         description = SessionDescription.parse(sdp)
     except Exception as exc:  # the parser raises whatever its line handlers hit: all of it means malformed

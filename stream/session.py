@@ -153,7 +153,7 @@ class Session:
             self.out.processed(result)
             self.stats.stage_times(result.timings)
             for event in result.events:
-                self.publish(event)
+                self.publish_alert(event)
             slot.resolve(result)
         pending, self._pending = self._pending, None
         if pending is not None:
@@ -179,7 +179,7 @@ class Session:
         events = await self._worker.run(processor.configure, settings, source)
         self.settings, self.source = settings, source
         for event in events:
-            self.publish(event)
+            self.publish_alert(event)
 
     # ---- websocket fan-out ----------------------------------------------------------------------------
 
@@ -199,6 +199,11 @@ class Session:
             if q.full():  # a client that does not read loses the oldest, it never grows the queue
                 q.get_nowait()
             q.put_nowait(message)
+
+    def publish_alert(self, event: dict[str, Any]) -> None:
+        """An alert message: counted for /metrics, then sent like any message."""
+        self.stats.alert(str(event.get("kind")), str(event.get("event")))
+        self.publish(event)
 
     def hello(self) -> dict[str, Any]:
         return {"type": "hello", "session": self.id, **self.settings.to_json()}
@@ -236,7 +241,7 @@ class Session:
         if processor is not None and self._worker.running:
             try:
                 for event in await self._worker.run(processor.close):
-                    self.publish(event)
+                    self.publish_alert(event)
             except Exception:
                 log.debug("session %s…: processor close failed", self.id[:6], exc_info=True)
         if self.recorder is not None:

@@ -34,24 +34,42 @@ def build_parser() -> argparse.ArgumentParser:
         description="Real-time face swap and deepfake monitoring for live video streams.",
     )
     parser.add_argument("--version", action="version", version=f"swapwatch {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=None,
+                        help="what goes to the log on stderr (default: info for serve, warning for the others; "
+                             "debug also shows every HTTP request and aiortc/aioice's connectivity checks)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="the same as --log-level debug")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         module = importlib.import_module(f"swapwatch.commands.{name.replace('-', '_')}")
         sp = module.add_parser(sub, name, help_text)
+        # Also after the subcommand (`swapwatch serve --log-level debug`); SUPPRESS keeps the top level's value
+        # when it is not given here.
+        sp.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS,
+                        help="log level on stderr (see swapwatch --help)")
         sp.set_defaults(_run=module.run)
     return parser
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# Libraries that log a line per ICE connectivity check or per HTTP request at INFO: below debug they say
+# only what went wrong, so that a server's log is about sessions, not packets.
+CHATTY_LOGGERS = ("aioice", "aiortc", "aiohttp.access")
+
+
+def configure_logging(command: str | None, level_name: str | None, verbose: bool) -> int:
+    """Log to stderr at the chosen level (commands print their results; logs are for the server and -v)."""
+    name = "debug" if verbose else level_name or ("info" if command == "serve" else "warning")
+    level = getattr(logging, name.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for chatty in CHATTY_LOGGERS:
+        logging.getLogger(chatty).setLevel(level if level <= logging.DEBUG else max(level, logging.WARNING))
+    return level
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        # Commands print their results; logs are for the server and for -v.
-        level=logging.DEBUG if args.verbose else logging.INFO if args.command == "serve" else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.command, args.log_level, args.verbose)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -62,7 +62,7 @@ def test_bench_compare_baseline_json_and_plot(shared_assets, tmp_path, capsys):
 def test_bench_sessions_faces_detector_off(shared_assets, tmp_path, capsys):
     out_json = tmp_path / "bench.json"
     code, _, err = run_cli(capsys, "--resolution", "320x240", "--faces", "2", "--sessions", "2", "--frames", "3",
-                             "--warmup", "1", "--rounds", "1", "--detector", "off", "--detect-every", "1",
+                             "--warmup", "1", "--rounds", "1", "--deepfake", "off", "--detect-every", "1",
                              "--json", str(out_json))
     assert code == 0, err
     data = json.loads(out_json.read_text())
@@ -244,7 +244,7 @@ def test_bench_device_path_simswap_no_codec(shared_assets, tmp_path, capsys):
     out_json = tmp_path / "bench.json"
     code, _, err = run_cli(capsys, "--device", "cpu", "--device-path", "--no-codec", "--swap-model", "simswap-224",
                            "--random-weights", "--resolution", "256x192", "--frames", "2", "--warmup", "1",
-                           "--rounds", "1", "--detector", "off", "--json", str(out_json))
+                           "--rounds", "1", "--deepfake", "off", "--json", str(out_json))
     assert code == 0, err
     side = json.loads(out_json.read_text())["pipeline"]
     check_device_side(side, codec=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -126,3 +127,52 @@ def test_faces_command_on_every_shared_asset(detector, face_photos, clips, t1_jp
             assert lex < rex and mlx < mrx, (path.name, face)
         if "tracks" in doc:
             assert len(doc["tracks"]) == 1, (path.name, doc["tracks"])
+
+
+# ---- one meaning per option, defaults in --help, log levels ----------------------------------------------
+
+
+def test_detector_means_the_face_detector_in_every_command():
+    from swapwatch.cli import build_parser
+
+    parser = build_parser()
+    for command in ("faces", "swap", "detect", "monitor", "serve", "bench", "eval-detector"):
+        action = next(a for a in parser._subparsers._group_actions[0].choices[command]._actions
+                      if "--detector" in a.option_strings)
+        assert set(action.choices) == {"mtcnn", "yunet", "scrfd"}, command
+    bench = parser.parse_args(["bench", "--detector", "mtcnn", "--deepfake", "off"])
+    assert bench.face_detector == "mtcnn" and bench.deepfake == "off"
+    # The old spelling of the deepfake switch is refused with argparse's one-line reason, not taken silently.
+    result = swapwatch("bench", "--detector", "off")
+    assert result.returncode == 2 and "invalid choice: 'off'" in result.stderr
+
+
+def test_join_help_shows_the_pages_defaults():
+    from swapwatch.client.join import JoinConfig
+    from swapwatch.stream.offer import SessionSettings
+
+    result = swapwatch("join", "--help")
+    text = " ".join(result.stdout.split())
+    assert result.returncode == 0 and "(default: swap)" in text and "(default: largest)" in text
+    assert JoinConfig(url="http://127.0.0.1:1", input="x").faces == SessionSettings("monitor").faces == "largest"
+    page = (Path(__file__).resolve().parents[1] / "client" / "static" / "index.html").read_text()
+    first_option = re.search(r'<select id="faces">\s*<option value="(\w+)"', page)
+    assert first_option and first_option.group(1) == "largest"  # a select shows its first option
+
+
+@pytest.mark.parametrize("argv, command, level", [
+    ([], "serve", "INFO"), ([], "faces", "WARNING"), (["--log-level", "error"], "serve", "ERROR"),
+    (["-v"], "faces", "DEBUG"), (["--log-level", "debug"], "serve", "DEBUG")])
+def test_log_level_and_quiet_library_loggers(argv, command, level):
+    import logging
+
+    from swapwatch.cli import CHATTY_LOGGERS, build_parser, configure_logging
+
+    args = build_parser().parse_args([*argv, command, *(["x.png"] if command == "faces" else [])])
+    got = configure_logging(args.command, args.log_level, args.verbose)
+    assert logging.getLevelName(got) == level
+    for name in CHATTY_LOGGERS:  # per-check and per-request lines only when debugging
+        expected = logging.DEBUG if level == "DEBUG" else max(got, logging.WARNING)
+        assert logging.getLogger(name).level == expected, name
+    # Also accepted after the command's name.
+    assert build_parser().parse_args(["serve", "--log-level", "warning"]).log_level == "warning"

@@ -27,7 +27,7 @@ from swapwatch.engines.deepfake import DEFAULT_MODEL_DIR
 from swapwatch.cli import main
 
 FRAMES = 40
-WINDOW_KEYS = {"track", "start", "end", "score"}
+WINDOW_KEYS = {"track", "start", "end", "score", "frames", "full"}
 TRACK_KEYS = {"track", "score", "verdict", "frames", "first", "last", "counted"}
 VIDEO_KEYS = {"name", "frames", "fps", "duration", "width", "height"}
 DEFAULT_INFO = json.loads((DEFAULT_MODEL_DIR / "detector.json").read_text())
@@ -83,6 +83,7 @@ def check_report(doc: dict, *, frames: int, name: str) -> None:
     for w in doc["windows"]:
         assert set(w) == WINDOW_KEYS
         assert 0.0 <= w["start"] <= w["end"] <= duration and 0.0 <= w["score"] <= 1.0
+        assert 1 <= w["frames"] <= doc["model"]["window"] and w["full"] == (w["frames"] == doc["model"]["window"])
         by_track.setdefault(w["track"], []).append(w["score"])
     assert set(by_track) == {t["track"] for t in doc["tracks"]}
     for t in doc["tracks"]:
@@ -129,6 +130,10 @@ def test_report_matches_score_video(grid_clip, detector):
     # windows span at most W frames, ending on the frame they are scored at
     starts = [w["start"] for w in report.windows]
     assert starts[:deepfake.window] == [0.0] * deepfake.window and starts[deepfake.window] > 0
+    # the warm-up windows say so: the first holds one frame (start == end), the W-th is the first full one
+    frames = [w["frames"] for w in report.windows]
+    assert frames == [min(i + 1, deepfake.window) for i in range(25)]
+    assert [w["full"] for w in report.windows] == [n == deepfake.window for n in frames]
 
 
 def test_detect_human_output_and_threshold(grid_clip, capsys):

@@ -7,6 +7,7 @@ track; the server runs YuNet and the weight-free classic swapper on its inferenc
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 
@@ -157,13 +158,22 @@ def test_both_mode_alerts_on_its_own_watermark(detector, clip, source_photo):
         await probe.start()
         report = await probe.run(tail=1.0)
         await probe.close()  # the session's end closes the alert: "end" comes before the socket closes
-        return probe, report
+        async with http.get("/metrics") as r:
+            metrics = await r.text()
+        return probe, report, metrics
 
-    probe, report = run_server(detector, scenario)
+    probe, report, metrics = run_server(detector, scenario)
     alerts = [m for m in probe.messages if m["type"] == "alert"]
     assert report.fraction_back >= 0.8
     assert alerts and alerts[0]["event"] == "start" and alerts[0]["kind"] == "watermark" and alerts[0]["verified"]
     assert alerts[-1]["event"] == "end" and alerts[-1]["t_end"] >= alerts[0]["t_start"]
+    # /metrics counts the same alert messages the websocket carried, and none is left active.
+    counts = dict(re.findall(r'^(swapwatch_alerts_\w+\{[^}]*\}) (\S+)$', metrics, re.M))
+    for event in ("start", "update", "end"):
+        sent = sum(1 for a in alerts if a["kind"] == "watermark" and a["event"] == event)
+        assert float(counts[f'swapwatch_alerts_total{{kind="watermark",event="{event}"}}']) == sent, event
+    assert float(counts['swapwatch_alerts_total{kind="model",event="start"}']) == 0  # --deepfake-model off here
+    assert float(counts['swapwatch_alerts_active{kind="watermark"}']) == 0
 
 
 def test_four_concurrent_sessions_all_receive_frames(detector, clip, source_photo):

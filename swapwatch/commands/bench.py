@@ -16,7 +16,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from swapwatch.config import DeepfakeConfig, TrackingConfig
+from swapwatch.commands.options import add_live_stride_options
+from swapwatch.config import TrackingConfig
 from swapwatch.errors import InputError
 
 
@@ -45,18 +46,17 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="swap model (default: the best installed learned model, else the weight-free classic)")
     p.add_argument("--random-weights", action="store_true",
                    help="SimSwap in its released architecture with seeded random weights (speed only)")
-    p.add_argument("--face-detector", default="yunet", choices=("yunet", "mtcnn", "scrfd"))
-    p.add_argument("--detector", default="on", choices=("on", "off"),
-                   help="run the deepfake detector on every output frame (default: on)")
+    # --detector is the face detector here as in every other command; the deepfake detector is --deepfake.
+    p.add_argument("--detector", "--face-detector", dest="face_detector", default="yunet",
+                   choices=("yunet", "mtcnn", "scrfd"), help="face detector (default: %(default)s)")
+    p.add_argument("--deepfake", default="on", choices=("on", "off"),
+                   help="run the deepfake detector on every output frame's faces, at the live strides below "
+                        "(default: on)")
     p.add_argument("--detect-every", type=int, default=TrackingConfig.detect_every, metavar="K",
                    help="pipeline: run the face detector every K frames, optical flow in between (default: "
                         f"serve's, {TrackingConfig.detect_every}; the baseline detects on every frame)")
-    p.add_argument("--feature-stride", type=int, default=DeepfakeConfig.feature_stride, metavar="K",
-                   help="pipeline: deepfake scorer on every K-th frame of a track (default: serve's, "
-                        f"{DeepfakeConfig.feature_stride})")
-    p.add_argument("--score-stride", type=int, default=DeepfakeConfig.score_stride, metavar="K",
-                   help="pipeline: deepfake temporal head after every K-th new feature (default: serve's, "
-                        f"{DeepfakeConfig.score_stride})")
+    # The live strides, spelled as serve's and monitor's (the older --feature-stride/--score-stride still parse).
+    add_live_stride_options(p, "--feature-stride", "--score-stride")
     p.add_argument("--compare-baseline", action="store_true",
                    help="also run the straightforward loop (detect every frame, per-face warps, full-frame "
                         "paste, synchronous) on the same frames and models, and report both")
@@ -64,8 +64,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="pipeline side: the device-resident frame path (engines/device_path.py: one upload and one "
                         "download per frame, batched warps, one generator batch per step, on-device paste and "
                         "labels) instead of the server's FrameProcessor path; sessions are batched into one call. "
-                        "Not automatic: serve runs the FrameProcessor path. Runs on --device (auto: CUDA when "
-                        "present, else CPU)")
+                        "serve's --device-path auto (its default) uses this path when the swapper runs on CUDA. "
+                        "Runs on --device (auto: CUDA when present, else CPU)")
     p.add_argument("--no-codec", dest="codec", action="store_false",
                    help="server-side processing only: frames composed in memory (no H.264 decode) and outputs not "
                         "encoded; fps then counts processing alone")
@@ -139,8 +139,8 @@ def run(args: argparse.Namespace) -> int:
                       input=args.input, source=args.source, faces=args.faces, sessions=args.sessions,
                       frames=args.frames, warmup=args.warmup, rounds=args.rounds, swap_model=args.swap_model,
                       random_weights=args.random_weights, face_detector=args.face_detector,
-                      deepfake=args.detector == "on", detect_every=args.detect_every,
-                      feature_stride=args.feature_stride, score_stride=args.score_stride,
+                      deepfake=args.deepfake == "on", detect_every=args.detect_every,
+                      feature_stride=args.deepfake_stride, score_stride=args.deepfake_score_every,
                       compare_baseline=args.compare_baseline, device_path=args.device_path, codec=args.codec,
                       cuda_graphs=args.cuda_graphs, path_options=parse_path_config(args.path_config),
                       host_threads=args.host_threads)

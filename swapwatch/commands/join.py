@@ -8,6 +8,8 @@ import json
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    from swapwatch.stream.offer import DEFAULT_FACES, DEFAULT_MODE, FACES, MODES
+
     p = subparsers.add_parser(name, help=help_text, description=help_text + " Websocket messages (metrics, "
                               "alerts) are printed as JSON lines, then a summary line.")
     p.add_argument("url", help="the server, e.g. http://127.0.0.1:8080")
@@ -15,9 +17,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="a video file to send, or 'camera' for /dev/video0 (Linux, v4l2)")
     p.add_argument("--camera-device", default="/dev/video0", metavar="PATH",
                    help="the v4l2 device for --input camera (default: /dev/video0)")
-    p.add_argument("--mode", choices=("swap", "monitor", "both"), default="swap")
+    p.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
+                   help="swap: your face replaced by --source; monitor: deepfake alerts only; both (default: "
+                        "%(default)s)")
     p.add_argument("--source", metavar="FACE.jpg", help="the face photo to swap in (needed by swap and both)")
-    p.add_argument("--faces", choices=("all", "largest"), default="all", help="which faces to swap")
+    p.add_argument("--faces", choices=FACES, default=DEFAULT_FACES,
+                   help="which faces to swap, as the page's default (default: %(default)s)")
     p.add_argument("--record", metavar="OUT.mp4", help="record the processed video to this file")
     p.add_argument("--token", metavar="T", help="the server's access token")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: end of input)")
