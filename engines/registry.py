@@ -72,11 +72,34 @@ class LocalSource:
         return f"user-provided: {self.hint}"
 
 
-Source = Union[UrlSource, PyPIWheelSource, LocalSource]
+@dataclass(frozen=True)
+class PackagedSource:
+    """A file shipped inside swapwatch itself (``engines/weights/<path>``), so that a default needs no network;
+    it is still copied into the cache through the same sha256 check as a download. ``upstream`` says where the
+    bytes were published."""
+
+    path: str
+    upstream: str
+
+    kind = "package"
+
+    def __post_init__(self) -> None:
+        if not self.path or self.path.startswith("/") or ".." in self.path.split("/"):
+            raise ValueError(f"packaged path must be relative inside engines/weights, got {self.path!r}")
+
+    def location(self) -> Path:
+        """Where the file lies in the installed package (a plain file: the package is installed unzipped)."""
+        return Path(__file__).resolve().parent / "weights" / self.path
+
+    def describe(self) -> str:
+        return f"shipped in swapwatch (engines/weights/{self.path}); upstream {self.upstream}"
+
+
+Source = Union[UrlSource, PyPIWheelSource, LocalSource, PackagedSource]
 
 
 def source_kind(source: Source) -> str:
-    """Short label for listings: ``url``, ``url-zip``, ``pypi-wheel`` or ``local``."""
+    """Short label for listings: ``url``, ``url-zip``, ``pypi-wheel``, ``local`` or ``package``."""
     if isinstance(source, UrlSource) and source.member:
         return "url-zip"
     return source.kind
@@ -172,12 +195,13 @@ _ENTRIES: tuple[ModelEntry, ...] = (
         name="yunet-2023mar",
         task="face-detection",
         files=(
+            # The default face detector of every command: shipped inside the package (232 KB, MIT) so that a
+            # fresh machine with no network works; the bytes are opencv_zoo's, checked by the same hash.
             ModelFile(
                 "face_detection_yunet_2023mar.onnx",
-                # media.githubusercontent.com serves the Git LFS object itself (raw.githubusercontent.com
-                # would serve the LFS pointer text).
-                UrlSource("https://media.githubusercontent.com/media/opencv/opencv_zoo/main/models/"
-                          "face_detection_yunet/face_detection_yunet_2023mar.onnx"),
+                PackagedSource("yunet/face_detection_yunet_2023mar.onnx",
+                               "https://github.com/opencv/opencv_zoo/blob/main/models/face_detection_yunet/"
+                               "face_detection_yunet_2023mar.onnx"),
                 "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
             ),
         ),

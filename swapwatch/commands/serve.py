@@ -32,9 +32,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--model", default=ServerConfig.model,
                    choices=("auto", "simswap-224", "simswap-512", "inswapper-128", "classic"),
                    help="swap model (default: the best installed learned model, else the weight-free classic)")
-    p.add_argument("--detector", choices=("mtcnn", "yunet", "scrfd"), default=None,
-                   help=f"face detector (default: {DetectorConfig.name}, falling back to mtcnn when its "
-                        "model cannot be fetched)")
+    p.add_argument("--detector", choices=("mtcnn", "yunet", "scrfd"), default=DetectorConfig.name,
+                   help="face detector (default: %(default)s, shipped inside swapwatch)")
     p.add_argument("--detect-every", type=int, default=1, metavar="K",
                    help="run the detector every K frames, optical-flow tracking in between (default: 1)")
     p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"))
@@ -59,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from swapwatch.engines.deepfake import create_deepfake_detector
     from swapwatch.engines.detectors import create_detector
     from swapwatch.engines.swappers import create_swapper
-    from swapwatch.errors import InputError, ModelError
+    from swapwatch.errors import InputError
     from swapwatch.stream.server import SwapwatchServer
 
     try:
@@ -71,17 +70,10 @@ def run(args: argparse.Namespace) -> int:
         tracking = TrackingConfig(detect_every=args.detect_every)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    detector_config = DetectorConfig(name=args.detector or DetectorConfig.name, backend=args.backend,
-                                     device=args.device)
+    detector_config = DetectorConfig(name=args.detector, backend=args.backend, device=args.device)
     config = Config(detector=detector_config, tracking=tracking, server=server_config,
                     deepfake=deepfake_config(args, backend=args.backend, device=args.device))
-    try:
-        detector = create_detector(config.detector)
-    except ModelError as exc:
-        if args.detector:  # the user asked for this one: do not silently substitute
-            raise
-        log.warning("default detector %s unavailable (%s); falling back to mtcnn", detector_config.name, exc)
-        detector = create_detector(DetectorConfig(name="mtcnn", backend=args.backend, device=args.device))
+    detector = create_detector(config.detector)
     swapper = create_swapper(args.model, backend=args.backend, device=args.device).swapper
     log.info("detector: %s; swap model: %s%s", detector.name, swapper.name,
              "" if swapper.learned else " (weight-free: no learned swapper installed)")
@@ -94,4 +86,5 @@ def run(args: argparse.Namespace) -> int:
     server = SwapwatchServer(config, detector, swapper, deepfake=deepfake)
     print(f"swapwatch serving on http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
     web.run_app(server.app(), host=args.host, port=args.port, print=None)
+    log.info("swapwatch stopped")
     return 0
