@@ -232,6 +232,8 @@ _AUDIO_COPY_OK = {
 # Re-encode target per container: (codec, sample format, sample rate or None to keep the input's).
 _AUDIO_FALLBACK = {".webm": ("libopus", "flt", 48000)}
 _AUDIO_DEFAULT = ("aac", "fltp", None)
+# The containers transcode_video writes.
+VIDEO_OUTPUT_SUFFIXES = frozenset(_AUDIO_COPY_OK)
 
 
 def transcode_video(src: str | Path, dst: str | Path, process: Callable[[VideoFrame], np.ndarray], *,
@@ -248,8 +250,8 @@ def transcode_video(src: str | Path, dst: str | Path, process: Callable[[VideoFr
 
     src, dst = check_file(src), Path(dst)
     suffix = dst.suffix.lower()
-    if suffix not in _AUDIO_COPY_OK:
-        raise InputError(f"{dst}: unsupported output type; use one of {', '.join(sorted(_AUDIO_COPY_OK))}")
+    if suffix not in VIDEO_OUTPUT_SUFFIXES:
+        raise InputError(f"{dst}: unsupported output type; use one of {', '.join(sorted(VIDEO_OUTPUT_SUFFIXES))}")
     info = probe_video(src)
     tmp = dst.with_name(f".{dst.stem}.partial{dst.suffix}")
     frames = 0

@@ -41,6 +41,7 @@ from swapwatch.config import Config
 from swapwatch.engines.deepfake import DeepfakeDetector
 from swapwatch.engines.face import FaceDetector
 from swapwatch.engines.media import decode_image
+from swapwatch.engines.source_quality import judge_source
 from swapwatch.engines.swapper import Swapper
 from swapwatch.errors import InputError, ModelError
 from swapwatch.stream.channel import SessionChannel
@@ -116,6 +117,7 @@ class SwapwatchServer:
         await self.worker.run(self.detector.detect, np.zeros((240, 320, 3), np.uint8))
 
     async def _shutdown(self, app: web.Application) -> None:
+        log.info("stopping: closing %d live session(s)", len(self.sessions))
         await asyncio.gather(*(s.close("server shutdown") for s in list(self.sessions.values())),
                              return_exceptions=True)
 
@@ -186,8 +188,12 @@ class SwapwatchServer:
         face = max(faces, key=lambda f: f.area)
         item = self.sources.add(image, face)
         log.info("source %s…: %dx%d, %d face(s)", item.id[:6], image.shape[1], image.shape[0], len(faces))
+        # Accepted all the same (the user may know better); the page shows why the swap may suffer.
+        quality = await asyncio.to_thread(judge_source, image, faces)
+        if not quality.ok:
+            log.info("source %s… judged poor: %s", item.id[:6], "; ".join(p.code for p in quality.poor))
         return web.json_response({"id": item.id, "faces": len(faces), "face": face.to_json(),
-                                  "size": [int(image.shape[1]), int(image.shape[0])]})
+                                  "size": [int(image.shape[1]), int(image.shape[0])], "quality": quality.to_json()})
 
     # ---- offline detection ----------------------------------------------------------------------------
 

@@ -167,6 +167,54 @@ def test_swap_session_in_chromium(fake_camera, source_photo, tmp_path):
     print(f"screenshot: {shot} (copy: {SCREENSHOT_COPY})")
 
 
+# ---------------------------------------------------------------------------------- source photo quality
+
+QUALITY = "document.getElementById('source-quality')"
+
+
+def test_source_photo_quality_is_shown(fake_camera, face_photos, tmp_path):
+    """The real server judges each uploaded photo: a turned head gets a clear warning under the preview, a
+    frontal photo none; and the "pick a photo first" refusal does not outlive the upload."""
+    by_name = {p.name: p for p in face_photos}
+    turned, frontal = by_name["intel_headpose_female_frame0.png"], by_name["max_Chris.jpeg"]
+    with ServerProcess("--detector", "yunet", "--model", "classic", log_path=tmp_path / "server.log") as server:
+
+        async def scenario():
+            async with open_page(server.url, fake_camera, tmp_path) as page:
+                await page.click("#start")  # no source yet: refused on the page
+                assert "source face photo first" in await page.evaluate(
+                    "document.getElementById('session-msg').textContent")
+
+                await page.set_input_files("#file", [turned])
+                await page.wait_for(f"{SW}.source && {SW}.source.quality", timeout=15)
+                await page.wait_for(f"!{QUALITY}.hidden", timeout=5)
+                warning = await page.evaluate(f"""(() => {{
+                    const li = {QUALITY}.querySelector('li.poor');
+                    return li && {{code: li.dataset.code, text: li.textContent, height: li.offsetHeight,
+                                   colour: getComputedStyle(li).backgroundColor}};
+                }})()""")
+                assert warning and warning["code"] == "turned-head" and warning["height"] > 0, warning
+                assert "turned" in warning["text"] and "frontal photo" in warning["text"]
+                assert warning["colour"] not in ("rgba(0, 0, 0, 0)", "transparent")  # styled as a warning
+                assert "source face photo first" not in await page.evaluate(
+                    "document.getElementById('session-msg').textContent")
+                await page.screenshot(tmp_path / "source_quality.png")
+
+                first = await page.evaluate(f"{SW}.source.id")
+                await page.set_input_files("#file", [frontal])
+                await page.wait_for(f"{SW}.source.id !== {json.dumps(first)}", timeout=15)
+                assert await page.evaluate(f"{SW}.source.quality.ok") is True
+                assert await page.evaluate(f"{QUALITY}.hidden && {QUALITY}.children.length === 0")
+                assert js_errors(page) == [], js_errors(page)
+
+        try:
+            run(scenario(), timeout=40)
+        except BaseException:
+            print("server log tail:\n" + server.log_tail())
+            raise
+    print(f"\nsource quality screenshot: {tmp_path / 'source_quality.png'}")
+
+
 # ------------------------------------------------------------------------------------- page behaviour
 
 
@@ -196,6 +244,10 @@ def test_page_behaviour_with_protocol_stub(fake_camera, source_photo, face_photo
 
             await page.set_input_files("#file", [source_photo])
             await page.wait_for(f"{SW}.source", timeout=10)
+            # the refusal is stale once a photo is accepted
+            assert "source face photo first" not in await page.evaluate(f"{text}('session-msg')")
+            # a server without `quality` in its answer (an older one): no warning, no error
+            assert await page.evaluate("document.getElementById('source-quality').hidden")
             await page.click("#start")
             await page.wait_for(f"{SW}.state === 'live' && {SW}.wsState === 'open'", timeout=15)
             # the token went on every fetch as a bearer header, and on the websocket URL (or it would be refused)

@@ -58,6 +58,34 @@ def test_upload_real_face(detector, face_photos):
     with_server(detector, scenario)
 
 
+def test_upload_answers_with_the_source_quality(detector, face_photos, caplog):
+    """A turned head is accepted (200) but judged poor, with why and what to use instead; a frontal photo is ok."""
+    by_name = {p.name: p for p in face_photos}
+    turned, frontal = by_name["intel_headpose_female_frame0.png"], by_name["max_Chris.jpeg"]
+
+    async def scenario(http, server):
+        replies = {}
+        for photo, ctype in ((turned, "image/png"), (frontal, "image/jpeg")):
+            async with http.post("/sources", data=form(photo.read_bytes(), content_type=ctype)) as r:
+                assert r.status == 200, await r.text()
+                replies[photo.name] = await r.json()
+        assert len(server.sources) == 2  # both kept: the judgement advises, it does not refuse
+        return replies
+
+    with caplog.at_level("INFO", logger="swapwatch.stream.server"):
+        replies = with_server(detector, scenario)
+    poor = replies[turned.name]["quality"]
+    assert poor["ok"] is False
+    problem = next(p for p in poor["problems"] if p["code"] == "turned-head")
+    assert problem["severity"] == "poor" and "frontal photo" in problem["message"]
+    assert poor["measures"]["faces"] == 1 and abs(poor["measures"]["yaw_deg"]) > 30
+    good = replies[frontal.name]["quality"]
+    assert good == {"ok": True, "problems": [], "measures": good["measures"]}
+    assert good["measures"]["eye_distance_px"] > 50
+    logged = [r.getMessage() for r in caplog.records if "judged poor" in r.getMessage()]
+    assert len(logged) == 1 and "turned-head" in logged[0]
+
+
 @pytest.mark.parametrize("case,status", [("text", 400), ("no_face", 422), ("too_big", 413),
                                          ("wrong_type", 415), ("wrong_field", 400), ("not_multipart", 400)])
 def test_upload_rejections(detector, case, status):
@@ -215,7 +243,8 @@ def test_metrics_endpoint_is_prometheus_text(detector):
 def test_session_settings_validation():
     from swapwatch.stream.offer import OfferError, OfferRequest, SessionSettings
 
-    assert SessionSettings(mode="monitor").to_json() == {"mode": "monitor", "source": None, "faces": "all"}
+    # "largest" is the page's default and join's.
+    assert SessionSettings(mode="monitor").to_json() == {"mode": "monitor", "source": None, "faces": "largest"}
     for kwargs in ({"mode": "swap"}, {"mode": "x"}, {"mode": "monitor", "faces": "two"}):
         with pytest.raises(OfferError):
             SessionSettings(**kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -145,3 +146,56 @@ def test_watermark_survives_vp8_at_1mbps_on_swapped_frames(classic_swap, grid_cl
     assert sum(marker.detect(f).found for f in received.frames) >= 0.99 * len(received.frames)
     clean = webrtc_codec_roundtrip(decode(grid_clip)[0], "vp8", 1_000_000, fps=25)
     assert not any(marker.detect(f).found for f in clean.frames)
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    """Any model load fails the test: what it guards must be decided before the detector or swapper loads."""
+    import swapwatch.engines.detectors as detectors
+    import swapwatch.engines.swappers as swappers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(detectors, "create_detector", refuse)
+    monkeypatch.setattr(swappers, "create_swapper", refuse)
+
+
+def one_error_line(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_output_into_a_missing_folder_fails_fast_naming_it(face_photos, tmp_path, capsys, no_models):
+    folder = tmp_path / "not" / "there"
+    source, target = face_photos[0], next(p for p in face_photos if p.name == "max_Luciano.png")
+    code = main(["swap", "--source", str(source), "--target", str(target), "--output", str(folder / "out.png"),
+                 "--model", "classic"])
+    line = one_error_line(capsys)
+    assert code == 2 and f"output folder {folder} does not exist" in line and "Errno" not in line
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize("target_kind,suffix,needle", [("image", ".mp4", "an image target needs an image output"),
+                                                       ("video", ".png", "a video target needs a video output")])
+def test_output_type_must_fit_the_target(face_photos, grid_clip, tmp_path, capsys, no_models, target_kind, suffix,
+                                         needle):
+    target = grid_clip if target_kind == "video" else next(p for p in face_photos if p.name == "max_Luciano.png")
+    out = tmp_path / f"out{suffix}"
+    code = main(["swap", "--source", str(face_photos[0]), "--target", str(target), "--output", str(out),
+                 "--model", "classic"])
+    line = one_error_line(capsys)
+    assert code == 2 and needle in line and str(out) in line
+    assert not out.exists()
+
+
+def test_missing_output_folder_is_one_line_from_the_real_command(face_photos, tmp_path):
+    from cli_util import assert_one_line_error, swapwatch_cmd
+
+    folder = tmp_path / "nowhere"
+    t0 = time.monotonic()
+    result = swapwatch_cmd("swap", "--source", str(face_photos[0]), "--target", str(face_photos[-1]),
+                           "--output", str(folder / "o.png"), "--model", "classic")
+    assert_one_line_error(result, f"output folder {folder} does not exist")
+    assert "swap model:" not in result.stderr and time.monotonic() - t0 < 60

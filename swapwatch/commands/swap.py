@@ -37,6 +37,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--no-label", action="store_true",
                    help="do not draw the visible SYNTHETIC mark (the invisible watermark stays)")
     p.add_argument("--no-watermark", action="store_true", help="do not embed the invisible watermark")
+    p.add_argument("--accept-source", action="store_true",
+                   help="swap even with a source photo judged poor (turned head, tiny or blurred face, ...); "
+                        "its problems are printed as warnings")
     return p
 
 
@@ -51,18 +54,17 @@ def run(args: argparse.Namespace) -> int:
 
     target = check_file(args.target)
     output = Path(args.output)
-    if output.resolve() == target.resolve():
-        raise InputError("--output must differ from --target (the input is never overwritten)")
+    as_image = target.suffix.lower() in IMAGE_SUFFIXES or is_image_file(target)
+    _check_output(output, target, as_image)
     selection = FaceSelection.parse(args.faces)
     sources = _parse_sources(args.source, selection, DEFAULT_SOURCE)
     source_images = {key: read_image(path) for key, path in sources.items()}  # fail fast on a bad photo
-    as_image = target.suffix.lower() in IMAGE_SUFFIXES or is_image_file(target)
-    if as_image and output.suffix.lower() not in IMAGE_SUFFIXES:
-        raise InputError(f"{output}: an image target needs an image output ({', '.join(sorted(IMAGE_SUFFIXES))})")
 
     options = SwapOptions(mask=args.mask, keep_mouth=args.keep_mouth, colour_match=args.colour_match,
                           blend="poisson" if args.poisson else "alpha", detect_every=args.detect_every)
     detector = create_detector(DetectorConfig(name=args.detector, backend=args.backend, device=args.device))
+    for key, path in sources.items():  # before the swap model loads: a poor photo stops here, in seconds
+        _judge_source(path, source_images[key], detector, accept=args.accept_source)
     loaded = create_swapper(args.model, backend=args.backend, device=args.device)
     parser = _load_parser(args) if args.mask == "parsing" else None
     pipeline = SwapPipeline(detector, loaded.swapper, options=options, selection=selection,
@@ -78,6 +80,38 @@ def run(args: argparse.Namespace) -> int:
     if as_image:
         return _swap_image(pipeline, target, output)
     return _swap_video(pipeline, target, output)
+
+
+def _check_output(output: Path, target: Path, as_image: bool) -> None:
+    """The output can be written and fits the target, checked before any model loads."""
+    from swapwatch.engines.media import IMAGE_SUFFIXES, VIDEO_OUTPUT_SUFFIXES
+    if output.resolve() == target.resolve():
+        raise InputError("--output must differ from --target (the input is never overwritten)")
+    folder = output.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise InputError(f"{output}: the output folder {folder} {what}; create it or choose another --output")
+    suffix = output.suffix.lower()
+    if as_image and suffix not in IMAGE_SUFFIXES:
+        raise InputError(f"{output}: an image target needs an image output ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if not as_image and suffix not in VIDEO_OUTPUT_SUFFIXES:
+        raise InputError(f"{output}: a video target needs a video output "
+                         f"({', '.join(sorted(VIDEO_OUTPUT_SUFFIXES))})")
+
+
+def _judge_source(path: Path, image, detector, *, accept: bool) -> None:
+    """Stop on a source photo that would give a broken swap (unless ``accept``); print its other problems."""
+    from swapwatch.engines.source_quality import judge_source
+
+    quality = judge_source(image, detector.detect(image))
+    if quality.measures is None:  # no face: nothing to swap from, --accept-source or not
+        raise InputError(f"{path}: {quality.problems[0].message}")
+    if quality.poor and not accept:
+        reasons = "; ".join(p.message for p in quality.poor)
+        raise InputError(f"{path}: poor source photo: {reasons} (--accept-source swaps with it anyway)")
+    for problem in quality.problems:
+        label = "poor source photo, swapping anyway" if problem.severity == "poor" else "note"
+        print(f"swapwatch swap: warning: {path}: {label}: {problem.message}", file=sys.stderr)
 
 
 def _parse_sources(values: list[str], selection, default_key: str) -> dict[str, Path]:
