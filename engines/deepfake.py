@@ -25,6 +25,7 @@ from swapwatch.engines.align import CropTemplate, arcface_template, estimate_ali
 from swapwatch.engines.engine import Engine, TensorSpec, fixed_batch, load_onnx_engine, run_batched
 from swapwatch.engines.face import Face
 from swapwatch.errors import InputError, ModelError
+from swapwatch.export.onnx_export import DETECTOR_TOLERANCE, ParityReport, Tolerance, check_parity, parity_json
 
 __all__ = [
     "DEFAULT_MODEL_DIR", "ClipScores", "DeepfakeDetector", "DetectorInfo", "TrackScores", "WindowConfig",
@@ -490,10 +491,11 @@ def score_video(path: str | Path, detector: DeepfakeDetector, face_detector, *, 
     return detector.score_clip(frames(), window_stride=window_stride)
 
 
-def export_graphs(models, folder: Path, *, atol: float = 1e-4) -> dict[str, float]:
-    """``scorer.onnx`` and ``head.onnx`` in ``folder``, each checked against PyTorch (max abs error <= atol)."""
+def export_graphs(models, folder: Path, *,
+                  tolerance: Tolerance = DETECTOR_TOLERANCE) -> dict[str, ParityReport]:
+    """``scorer.onnx`` and ``head.onnx`` in ``folder``, each checked against PyTorch (see :class:`Tolerance`:
+    the scorer's features by cosine too, logits relative to their scale); graph name -> its parity report."""
     from swapwatch.export.deepfake import export_head, export_scorer, head_parity_inputs, scorer_parity_inputs
-    from swapwatch.export.onnx_export import check_parity
 
     folder = Path(folder)
     scorer, head = models.scorer.eval(), models.head.eval()
@@ -502,11 +504,12 @@ def export_graphs(models, folder: Path, *, atol: float = 1e-4) -> dict[str, floa
             ("scorer", scorer, export_scorer, scorer_parity_inputs(scorer.config)),
             ("head", head, export_head, head_parity_inputs(head.config))):
         path = exporter(model, folder / (SCORER_FILE if name == "scorer" else HEAD_FILE))
-        parity[name] = check_parity(model, path, inputs, atol=atol).worst
+        parity[name] = check_parity(model, path, inputs, tolerance=tolerance)
     return parity
 
 
-def write_detector(models, folder: str | Path, *, extra: dict | None = None, atol: float = 1e-4) -> DetectorInfo:
+def write_detector(models, folder: str | Path, *, extra: dict | None = None,
+                   tolerance: Tolerance = DETECTOR_TOLERANCE) -> DetectorInfo:
     """A complete detector folder: ``detector.pt`` (the source of truth), ``scorer.onnx`` and ``head.onnx``
     (parity-checked) and ``detector.json``; returns its :class:`DetectorInfo`."""
     import hashlib
@@ -515,7 +518,7 @@ def write_detector(models, folder: str | Path, *, extra: dict | None = None, ato
 
     folder = Path(folder)
     save_checkpoint(models, folder / CHECKPOINT_FILE)
-    parity = export_graphs(models, folder, atol=atol)
+    parity = export_graphs(models, folder, tolerance=tolerance)
     meta = models.meta
     sha = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
            for name in (CHECKPOINT_FILE, SCORER_FILE, HEAD_FILE)}
@@ -525,7 +528,7 @@ def write_detector(models, folder: str | Path, *, extra: dict | None = None, ato
                         extra={"format": "swapwatch-deepfake-v1",
                                "scorer": {"widths": list(models.scorer.config.widths),
                                           "blocks": list(models.scorer.config.blocks)},
-                               "parity_max_abs_error": parity, "sha256": sha, **(extra or {})})
+                               **parity_json(parity), "sha256": sha, **(extra or {})})
     tmp = folder / f".{INFO_FILE}.tmp"
     tmp.write_text(json.dumps(info.to_json(), indent=2) + "\n")
     tmp.replace(folder / INFO_FILE)

@@ -92,19 +92,19 @@ def _exported_simswap(generator: Path, arcface: Path, size: int, onnx_dir: Path)
     and cached beside the checkpoints."""
     from swapwatch.export import arcface as arc
     from swapwatch.export import simswap as sim
-    from swapwatch.export.onnx_export import check_parity
+    from swapwatch.export.onnx_export import EMBEDDING_TOLERANCE, check_parity
 
     gen_onnx, arc_onnx = onnx_dir / f"simswap_{size}.onnx", onnx_dir / "arcface.onnx"
     if _stale(gen_onnx, generator):
         log.info("exporting %s to ONNX (once)", generator.name)
         module = sim.load_generator(generator, size)
         sim.export_generator_onnx(module, gen_onnx)
-        check_parity(module, gen_onnx, sim.generator_parity_inputs(size), atol=1e-3)
+        check_parity(module, gen_onnx, sim.generator_parity_inputs(size))
     if _stale(arc_onnx, arcface):
         log.info("exporting %s to ONNX (once)", arcface.name)
         module = arc.load_arcface(arcface)
         arc.export_arcface_onnx(module, arc_onnx)
-        check_parity(module, arc_onnx, arc.parity_inputs(), atol=1e-3)
+        check_parity(module, arc_onnx, arc.parity_inputs(), tolerance=EMBEDDING_TOLERANCE)
     return gen_onnx, arc_onnx
 
 

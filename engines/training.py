@@ -1424,6 +1424,7 @@ class DetectorTrainer:
 
         from swapwatch.engines.deepfake import write_detector
         from swapwatch.export.deepfake import DetectorModels
+        from swapwatch.export.onnx_export import describe_parity
 
         cfg = self.config
         self.scorer.eval()
@@ -1435,8 +1436,7 @@ class DetectorTrainer:
             **calibration, "train_seconds": round(seconds, 1), "torch": torch.__version__})
         _write_json(cfg.out / "training_log.json", {"config": _jsonable(asdict(cfg)), "data": self.data.summary(),
                                                     "epochs": self.history, "final": metrics, **calibration})
-        parity = info.extra["parity_max_abs_error"]
-        self.echo(f"parity (max abs error): scorer {parity['scorer']:.2e}, head {parity['head']:.2e}")
+        self.echo(f"parity vs PyTorch: {describe_parity(info.extra)}")
         self.echo(f"wrote {cfg.out / 'detector.pt'}, scorer.onnx, head.onnx, detector.json, training_log.json")
 
 

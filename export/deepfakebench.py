@@ -83,6 +83,7 @@ from torch import nn
 
 from swapwatch.errors import ModelError
 from swapwatch.export.checkpoints import SHOWN, read_checkpoint, state_dict_from, state_mismatch
+from swapwatch.export.onnx_export import DETECTOR_TOLERANCE, Tolerance
 
 FORMAT = "deepfakebench-v1"  # ``format`` in detector.json of an exported folder
 RESOLUTION = 256  # both yamls: ``resolution: 256``
@@ -458,11 +459,12 @@ def _sha256(path: Path) -> str:
 
 def write_detector(scorer: DeepfakeBenchScorer, folder: str | Path, *, window: int = DEFAULT_WINDOW,
                    threshold: float = DEFAULT_THRESHOLD, face_scale: float = FACE_SCALE,
-                   source: Mapping[str, Any] | None = None, atol: float = 1e-4, opset: int | None = None):
+                   source: Mapping[str, Any] | None = None, tolerance: Tolerance = DETECTOR_TOLERANCE,
+                   opset: int | None = None):
     """A folder :meth:`DeepfakeDetector.load` reads: ``scorer.onnx`` and ``head.onnx`` (each checked against
-    PyTorch with ONNX Runtime, max abs error <= ``atol``) and ``detector.json``. Returns its DetectorInfo."""
+    PyTorch with ONNX Runtime, judged by ``tolerance``) and ``detector.json``. Returns its DetectorInfo."""
     from swapwatch.engines.deepfake import HEAD_FILE, INFO_FILE, SCORER_FILE, DetectorInfo
-    from swapwatch.export.onnx_export import check_parity
+    from swapwatch.export.onnx_export import check_parity, parity_json
 
     folder = Path(folder)
     if window < 1:
@@ -473,9 +475,9 @@ def write_detector(scorer: DeepfakeBenchScorer, folder: str | Path, *, window: i
     head = mean_head(scorer, window)
     parity = {
         "scorer": check_parity(scorer, export_scorer(scorer, folder / SCORER_FILE, opset=opset),
-                               scorer_parity_inputs(scorer.resolution), atol=atol).worst,
+                               scorer_parity_inputs(scorer.resolution), tolerance=tolerance),
         "head": check_parity(head, export_head(head, folder / HEAD_FILE, opset=opset),
-                             head_parity_inputs(scorer.feature_dim, window), atol=atol).worst,
+                             head_parity_inputs(scorer.feature_dim, window), tolerance=tolerance),
     }
     arch = ARCHS[scorer.arch]
     info = DetectorInfo(
@@ -493,7 +495,7 @@ def write_detector(scorer: DeepfakeBenchScorer, folder: str | Path, *, window: i
             "window_score": "mean of frame probabilities over the window (MeanProbabilityHead), as a logit",
             "source": dict(source or {}),
             "licence": LICENCE,
-            "parity_max_abs_error": parity,
+            **parity_json(parity),
             "sha256": {name: _sha256(folder / name) for name in (SCORER_FILE, HEAD_FILE)},
         })
     tmp = folder / f".{INFO_FILE}.tmp"
@@ -504,15 +506,15 @@ def write_detector(scorer: DeepfakeBenchScorer, folder: str | Path, *, window: i
 
 def export_deepfakebench(checkpoint: str | Path, folder: str | Path, *, arch: str | None = None,
                          window: int = DEFAULT_WINDOW, threshold: float = DEFAULT_THRESHOLD,
-                         resolution: int = RESOLUTION, face_scale: float = FACE_SCALE, atol: float = 1e-4,
-                         opset: int | None = None):
+                         resolution: int = RESOLUTION, face_scale: float = FACE_SCALE,
+                         tolerance: Tolerance = DETECTOR_TOLERANCE, opset: int | None = None):
     """Released checkpoint -> detector folder (see :func:`write_detector`); returns its DetectorInfo."""
     checkpoint = Path(checkpoint)
     scorer = load_deepfakebench(checkpoint, arch, resolution=resolution)
     source = {"checkpoint": checkpoint.name, "sha256": _sha256(checkpoint),
               "release": f"https://github.com/SCLBD/DeepfakeBench/releases/tag/v1.0.1 ({ARCHS[scorer.arch].filename})"}
     return write_detector(scorer, folder, window=window, threshold=threshold, face_scale=face_scale,
-                          source=source, atol=atol, opset=opset)
+                          source=source, tolerance=tolerance, opset=opset)
 
 
 def load_torch_detector(checkpoint: str | Path, *, arch: str | None = None, window: int = DEFAULT_WINDOW,

@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import uuid
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Mapping, Sequence, TypeVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
 from swapwatch.errors import ModelError
+
+if TYPE_CHECKING:  # numpy is imported where it is used, so that the CLI's parser reads the tolerances
+    import numpy as np  # without importing it
 
 DEFAULT_OPSET = 17
 T = TypeVar("T")
@@ -85,37 +87,240 @@ def export_onnx(module, example_inputs: tuple, path: str | Path, *, input_names:
     return path
 
 
+# -- parity: what to compare (check_parity, compare_outputs) apart from how close is close enough (Tolerance) --
+
+# Defaults for fp32 graphs against PyTorch, measured on the test fixtures of every export (tests/test_parity.py
+# checks both sides of the line on ArcFace and SimSwap). Correct graphs: relative error (max|got - ref| / max|ref|)
+# 1e-7..1.1e-5 (EfficientNet-B4) and 1.7e-5 for a released 101-layer ArcFace, row cosine 1 - 1e-10 or closer.
+# One BatchNorm's running statistics changed (variance x1.2 or mean + 0.1 sd) or one conv's weights x1.05:
+# relative error 5.9e-3..6e-1 in at least one output, cosine 1 - 5e-5 (ArcFace) to 1 - 8e-2. Hence rtol 1e-3
+# (60x over the worst correct figure, 6x under the mildest bug) and a cosine floor 1 - 1e-5 for embeddings and
+# features.
+DEFAULT_ATOL = 1e-5
+DEFAULT_RTOL = 1e-3
+DEFAULT_MIN_COSINE = 0.99999
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How close a candidate's outputs must be to the reference's, for every output over all input sets.
+
+    An output passes when its shape matches, all its values are finite, ``max|got - ref| <= atol + rtol *
+    max|ref|`` (the error against the output's own scale: a correct graph passes whether its values are near 1
+    or near 1e5, and zeros in the reference cannot blow the ratio up as an element-wise relative error does),
+    and, where ``min_cosine`` is set, every row's (first axis) cosine similarity is at least ``min_cosine`` for
+    the outputs ``cosine_outputs`` names (all when None): the test that suits embeddings and features, whose
+    direction is what is used.
+    """
+
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
+    min_cosine: float | None = None
+    cosine_outputs: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.atol >= 0.0 and self.rtol >= 0.0):  # written so that NaN is refused too
+            raise ValueError(f"atol and rtol must be >= 0, got {self.atol} and {self.rtol}")
+        if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
+            raise ValueError(f"min_cosine must lie in [-1, 1], got {self.min_cosine}")
+
+    def limit(self, scale: float) -> float:
+        """Largest allowed absolute error for an output whose largest reference magnitude is ``scale``."""
+        return self.atol + self.rtol * scale
+
+    def wants_cosine(self, name: str) -> bool:
+        # Names a graph lacks are ignored, so one tolerance serves a detector's scorer and head graphs.
+        return self.min_cosine is not None and (self.cosine_outputs is None or name in self.cosine_outputs)
+
+    def override(self, *, atol: float | None = None, rtol: float | None = None,
+                 min_cosine: float | None = None) -> Tolerance:
+        """This tolerance with the given (not None) fields replaced: command-line flags over a target's default."""
+        changes = {k: v for k, v in (("atol", atol), ("rtol", rtol), ("min_cosine", min_cosine)) if v is not None}
+        return replace(self, **changes)
+
+    def describe(self) -> str:
+        text = f"atol {self.atol:g} + rtol {self.rtol:g} x max|ref|"
+        if self.min_cosine is not None:
+            where = "" if self.cosine_outputs is None else f" ({', '.join(self.cosine_outputs)})"
+            text += f", cosine >= {self.min_cosine:g}{where}"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        cosine = None if self.cosine_outputs is None else list(self.cosine_outputs)
+        return {"atol": self.atol, "rtol": self.rtol, "min_cosine": self.min_cosine, "cosine_outputs": cosine}
+
+
+# Outputs that are embeddings (SimSwap's ArcFace: all of them) or a detector's per-frame features (its scorer's
+# ``features``; the logits and the head's graph get the relative test only).
+EMBEDDING_TOLERANCE = Tolerance(min_cosine=DEFAULT_MIN_COSINE)
+DETECTOR_TOLERANCE = Tolerance(min_cosine=DEFAULT_MIN_COSINE, cosine_outputs=("features",))
+
+
+def row_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row (first axis, the rest flattened; one row for 0-d/1-d arrays), in float64.
+    Two zero rows agree (1); a zero row against a non-zero one does not (0)."""
+    import numpy as np
+
+    def rows(a: np.ndarray) -> np.ndarray:
+        return np.asarray(a, np.float64).reshape(len(a) if np.ndim(a) > 1 else 1, -1)
+
+    a, b = rows(reference), rows(candidate)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    both_zero = ~a.any(axis=1) & ~b.any(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.where(norms > 0, np.einsum("ij,ij->i", a, b) / norms, np.where(both_zero, 1.0, 0.0))
+    return np.clip(cos, -1.0, 1.0)
+
+
+@dataclass
+class OutputParity:
+    """One output's agreement with its reference, accumulated over input sets."""
+
+    name: str
+    max_abs_error: float = 0.0
+    scale: float = 0.0  # max|ref|, the output's own scale
+    cosine: float | None = None  # the lowest row cosine similarity, kept only where the tolerance asks for it
+    finite: bool = True
+    shape_error: str | None = None
+
+    @property
+    def rel_error(self) -> float:
+        """``max_abs_error`` in units of the output's scale."""
+        if self.scale > 0.0:
+            return self.max_abs_error / self.scale
+        return 0.0 if self.max_abs_error == 0.0 else math.inf
+
+    def add(self, reference: np.ndarray, candidate: np.ndarray, *, cosine: bool) -> None:
+        import numpy as np
+
+        ref, got = np.asarray(reference, np.float32), np.asarray(candidate, np.float32)
+        if ref.shape != got.shape:
+            self.shape_error = self.shape_error or f"shape {got.shape} vs {ref.shape} in the reference"
+            return
+        if not ref.size:
+            return
+        # Checked explicitly: a NaN compares as "not above" any limit, and an inf reference would make the
+        # limit itself infinite.
+        if not (np.isfinite(ref).all() and np.isfinite(got).all()):
+            self.finite = False
+            return
+        self.max_abs_error = max(self.max_abs_error, float(np.max(np.abs(got - ref))))
+        self.scale = max(self.scale, float(np.max(np.abs(ref))))
+        if cosine:
+            low = float(row_cosines(ref, got).min())
+            self.cosine = low if self.cosine is None else min(self.cosine, low)
+
+    def failures(self, tolerance: Tolerance) -> list[str]:
+        """Which criteria this output fails, one phrase each (empty when it passes)."""
+        if self.shape_error is not None:
+            return [f"{self.name}: {self.shape_error}"]
+        if not self.finite:
+            return [f"{self.name}: NaN or inf"]
+        failed = []
+        limit = tolerance.limit(self.scale)
+        if not self.max_abs_error <= limit:
+            failed.append(f"{self.name}: max abs error {self.max_abs_error:.2e} > {limit:.2e} (relative error "
+                          f"{self.rel_error:.2e} of max|ref| {self.scale:.2e})")
+        if tolerance.wants_cosine(self.name) and self.cosine is not None and not self.cosine >= tolerance.min_cosine:
+            failed.append(f"{self.name}: cosine {self.cosine:.7f} < {tolerance.min_cosine:g}")
+        return failed
+
+    def to_json(self) -> dict[str, Any]:
+        rel = self.rel_error if math.isfinite(self.rel_error) else None  # an all-zero reference; JSON has no inf
+        figures: dict[str, Any] = {"max_abs_error": self.max_abs_error, "rel_error": rel, "scale": self.scale}
+        if self.cosine is not None:
+            figures["cosine"] = self.cosine
+        return figures
+
+
+def describe_output(name: str, figures: Mapping[str, Any]) -> str:
+    """``name max abs E rel R [cos C]`` from :meth:`OutputParity.to_json` figures."""
+    rel = figures["rel_error"]
+    text = f"{name} max abs {figures['max_abs_error']:.2e} rel {'n/a' if rel is None else format(rel, '.2e')}"
+    return text + (f" cos {figures['cosine']:.7f}" if figures.get("cosine") is not None else "")
+
+
 @dataclass
 class ParityReport:
-    """Worst absolute difference per output between PyTorch and ONNX Runtime over all input sets."""
+    """Per-output agreement of a candidate (an ONNX graph, an fp16 graph, a TensorRT engine) with a reference
+    (PyTorch, the fp32 graph) over ``n_sets`` input sets, judged by ``tolerance``."""
 
-    onnx_path: Path
-    atol: float
-    n_sets: int
-    max_abs_error: dict[str, float] = field(default_factory=dict)
+    label: str  # what was compared with what, e.g. "arcface.onnx vs PyTorch"
+    tolerance: Tolerance
+    outputs: dict[str, OutputParity]
+    n_sets: int = 0
+
+    @classmethod
+    def start(cls, label: str, names: Sequence[str], tolerance: Tolerance) -> ParityReport:
+        return cls(label, tolerance, {name: OutputParity(name) for name in names})
+
+    def add_set(self, reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> None:
+        """Fold one input set's outputs (in ``outputs`` order) into the figures."""
+        if not len(reference) == len(candidate) == len(self.outputs):
+            raise ModelError(f"{self.label}: {len(candidate)} outputs against {len(reference)} in the reference "
+                             f"({len(self.outputs)} expected)")
+        for (name, output), ref, got in zip(self.outputs.items(), reference, candidate):
+            output.add(ref, got, cosine=self.tolerance.wants_cosine(name))
+        self.n_sets += 1
+
+    @property
+    def max_abs_error(self) -> dict[str, float]:
+        return {name: o.max_abs_error for name, o in self.outputs.items()}
 
     @property
     def worst(self) -> float:
-        return max(self.max_abs_error.values(), default=0.0)
+        """Largest absolute error over all outputs (inf where one was not finite or had the wrong shape)."""
+        return max((o.max_abs_error if o.finite and o.shape_error is None else math.inf
+                    for o in self.outputs.values()), default=0.0)
+
+    @property
+    def worst_rel_error(self) -> float:
+        return max((o.rel_error if o.finite and o.shape_error is None else math.inf
+                    for o in self.outputs.values()), default=0.0)
+
+    def failures(self) -> list[str]:
+        return [f for o in self.outputs.values() for f in o.failures(self.tolerance)]
 
     @property
     def ok(self) -> bool:
-        return self.worst <= self.atol
+        return not self.failures()
+
+    def details(self) -> str:
+        """The verdict (with the failed criteria), every output's figures, and the tolerance."""
+        failed = self.failures()
+        verdict = f"FAIL ({'; '.join(failed)})" if failed else "ok"
+        figures = ", ".join(describe_output(name, o.to_json()) for name, o in self.outputs.items())
+        return f"{verdict}; {figures} ({self.n_sets} input sets; {self.tolerance.describe()})"
 
     def summary(self) -> str:
-        errs = ", ".join(f"{name} {err:.2e}" for name, err in self.max_abs_error.items())
-        verdict = "ok" if self.ok else "FAIL"
-        return (f"{self.onnx_path.name}: max abs error {self.worst:.2e} (atol {self.atol:.0e}, "
-                f"{self.n_sets} input sets; {errs}) {verdict}")
+        """One line: what was compared, then :meth:`details`."""
+        return f"{self.label}: {self.details()}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tolerance": self.tolerance.to_json(), "input_sets": self.n_sets,
+                "outputs": {name: o.to_json() for name, o in self.outputs.items()}}
+
+
+def compare_outputs(reference: Sequence[Sequence[np.ndarray]], candidate: Sequence[Sequence[np.ndarray]], *,
+                    names: Sequence[str], tolerance: Tolerance, label: str) -> ParityReport:
+    """Outputs of one runtime against another's on the same input sets (e.g. fp16 vs fp32 graph), judged by
+    ``tolerance``; the caller decides what a failure means (see :attr:`ParityReport.ok`)."""
+    if len(reference) != len(candidate):
+        raise ValueError(f"{len(candidate)} candidate output sets for {len(reference)} reference sets")
+    report = ParityReport.start(label, names, tolerance)
+    for ref_set, got_set in zip(reference, candidate):
+        report.add_set(ref_set, got_set)
+    return report
 
 
 def check_parity(module, onnx_path: str | Path, input_sets: Sequence[tuple[np.ndarray, ...]], *,
-                 atol: float) -> ParityReport:
+                 tolerance: Tolerance = Tolerance()) -> ParityReport:
     """Run ``module`` and the ONNX graph (ONNX Runtime, CPU) on each input set and compare every output.
 
-    Raises :class:`ModelError` when any output differs by more than ``atol`` (or has a different shape);
-    returns the report otherwise.
+    Raises :class:`ModelError` when any output fails ``tolerance`` (see :class:`Tolerance`; a different
+    shape or a NaN fails too); returns the report otherwise.
     """
+    import numpy as np
     import torch
 
     onnx_path = Path(onnx_path)
@@ -123,8 +328,7 @@ def check_parity(module, onnx_path: str | Path, input_sets: Sequence[tuple[np.nd
         raise ValueError("check_parity needs at least one input set")
     session = cpu_session(onnx_path)
     in_names = [i.name for i in session.get_inputs()]
-    out_names = [o.name for o in session.get_outputs()]
-    report = ParityReport(onnx_path, atol, len(input_sets), {name: 0.0 for name in out_names})
+    report = ParityReport.start(f"{onnx_path.name} vs PyTorch", [o.name for o in session.get_outputs()], tolerance)
     module = module.eval()
     for inputs in input_sets:
         arrays = [np.ascontiguousarray(a) for a in inputs]
@@ -135,19 +339,27 @@ def check_parity(module, onnx_path: str | Path, input_sets: Sequence[tuple[np.nd
         if isinstance(expected, torch.Tensor):
             expected = (expected,)
         actual = session.run(None, dict(zip(in_names, arrays)))
-        if len(expected) != len(actual):
-            raise ModelError(f"{onnx_path.name}: PyTorch gives {len(expected)} outputs, ONNX {len(actual)}")
-        for name, ref, got in zip(out_names, expected, actual):
-            ref = ref.detach().cpu().float().numpy()
-            if ref.shape != got.shape:
-                raise ModelError(f"{onnx_path.name}: output {name} has shape {got.shape} in ONNX, "
-                                 f"{ref.shape} in PyTorch (input shapes {[a.shape for a in arrays]})")
-            err = float(np.max(np.abs(ref - got.astype(np.float32)))) if ref.size else 0.0
-            err = err if np.isfinite(err) else float("inf")  # a NaN must fail, not compare as "not above"
-            report.max_abs_error[name] = max(report.max_abs_error[name], err)
+        report.add_set([t.detach().cpu().float().numpy() for t in expected], actual)
     if not report.ok:
         raise ModelError(f"parity check failed: {report.summary()}")
     return report
+
+
+def parity_json(reports: Mapping[str, ParityReport]) -> dict[str, Any]:
+    """The parity entries of a ``detector.json``: ``parity_max_abs_error`` (graph -> worst abs error; what
+    folders written before the per-output figures carry, and still read) and ``parity`` (graph -> figures)."""
+    return {"parity_max_abs_error": {graph: r.worst for graph, r in reports.items()},
+            "parity": {graph: r.to_json() for graph, r in reports.items()}}
+
+
+def describe_parity(meta: Mapping[str, Any]) -> str:
+    """One line of a ``detector.json``'s parity figures, from ``parity`` or, in older folders, from
+    ``parity_max_abs_error``."""
+    if meta.get("parity"):
+        return "; ".join(f"{graph}: " + ", ".join(describe_output(name, figures)
+                                                  for name, figures in entry["outputs"].items())
+                         for graph, entry in meta["parity"].items())
+    return ", ".join(f"{graph}: max abs {err:.2e}" for graph, err in meta["parity_max_abs_error"].items())
 
 
 def read_onnx_graph(path: str | Path, *, external_data: bool = True):
@@ -234,12 +446,3 @@ def run_onnx(path: str | Path, input_sets: Sequence[tuple[np.ndarray, ...]]) -> 
     names = [i.name for i in session.get_inputs()]
     return [session.run(None, dict(zip(names, arrays))) for arrays in input_sets]
 
-
-def max_abs_error(reference: Sequence[Sequence[np.ndarray]], candidate: Sequence[Sequence[np.ndarray]]) -> float:
-    """Largest |reference - candidate| over all sets and outputs; inf when anything is not finite."""
-    worst = 0.0
-    for ref_set, got_set in zip(reference, candidate):
-        for ref, got in zip(ref_set, got_set):
-            err = float(np.max(np.abs(np.asarray(ref, np.float32) - np.asarray(got, np.float32))))
-            worst = max(worst, err if np.isfinite(err) else float("inf"))
-    return worst

@@ -20,7 +20,7 @@ from swapwatch.export.deepfake import (
     DetectorModels, FrameScorer, HeadConfig, MaskedGRU, ScorerConfig, TemporalHead, export_head, export_scorer,
     head_parity_inputs, load_checkpoint, save_checkpoint, scorer_parity_inputs,
 )
-from swapwatch.export.onnx_export import check_parity, run_onnx
+from swapwatch.export.onnx_export import DETECTOR_TOLERANCE, check_parity, run_onnx
 
 HELD_OUT = ("grid_lbbc2a", "grid_s2_swwp2s")  # validation identities of the default model (see its card)
 
@@ -86,16 +86,16 @@ def test_scorer_export_parity(tmp_path, config):
     torch.manual_seed(1)
     models = _randomise(DetectorModels(FrameScorer(config), TemporalHead(HeadConfig(config.feature_dim))))
     path = export_scorer(models.scorer, tmp_path / "scorer.onnx")
-    report = check_parity(models.scorer, path, scorer_parity_inputs(config), atol=1e-4)
-    assert report.worst <= 1e-4, report.summary()
+    report = check_parity(models.scorer, path, scorer_parity_inputs(config), tolerance=DETECTOR_TOLERANCE)
+    assert report.worst_rel_error <= 1e-4 and report.outputs["features"].cosine >= 0.99999, report.summary()
 
 
 @pytest.mark.parametrize("head_kind", ["gru", "residual", "mean"])
 def test_head_export_parity_with_short_windows(tmp_path, head_kind):
     models = _tiny_models(window=20, head_kind=head_kind)
     path = export_head(models.head, tmp_path / "head.onnx")
-    report = check_parity(models.head, path, head_parity_inputs(models.head.config), atol=1e-4)
-    assert report.worst <= 1e-4, report.summary()
+    report = check_parity(models.head, path, head_parity_inputs(models.head.config), tolerance=DETECTOR_TOLERANCE)
+    assert report.worst_rel_error <= 1e-4, report.summary()
 
 
 def test_highpass_input_and_training_only_region_map(tmp_path):
@@ -173,7 +173,8 @@ def test_yunet_stem_is_yunets_first_layers(yunet_onnx, tmp_path):
     assert torch.equal(scorer.stem.layers[0].weight, stem.layers[0].weight)
     models = DetectorModels(scorer.eval(), TemporalHead(HeadConfig(config.feature_dim)))
     path = export_scorer(models.scorer, tmp_path / "scorer.onnx")
-    assert check_parity(models.scorer, path, scorer_parity_inputs(config), atol=1e-4).worst <= 1e-4
+    assert check_parity(models.scorer, path, scorer_parity_inputs(config),
+                        tolerance=DETECTOR_TOLERANCE).worst_rel_error <= 1e-4
 
     with pytest.raises(ValueError, match="highpass"):
         ScorerConfig(64, (32,), (1,), highpass=True, stem="yunet")

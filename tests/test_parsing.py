@@ -120,8 +120,8 @@ def test_forward_contract(model):
 
 
 def test_onnx_parity(model, onnx_path):
-    report = check_parity(model, onnx_path, parity_inputs(), atol=1e-3)
-    assert report.ok and report.worst <= 1e-3, report.summary()
+    report = check_parity(model, onnx_path, parity_inputs())
+    assert report.ok and report.worst_rel_error <= 1e-4, report.summary()
 
 
 # ---- parser --------------------------------------------------------------------------------------

@@ -90,6 +90,14 @@ def _number_after(text: str, marker: str) -> float:
     return float(match.group(1))
 
 
+def _parity_line(text: str, prefix: str) -> str:
+    """The one line of the export command's output that starts with ``prefix``; it must give the verdict ok."""
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, f"{prefix!r} not once in {text!r}"
+    assert lines[0][len(prefix):].startswith(" ok;"), lines[0]
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def onnx_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("simswap_onnx")
@@ -309,7 +317,7 @@ def _graph_io(path: Path) -> dict[str, list]:
 def test_export_simswap_224_command(exported_224):
     code, out, err, path = exported_224
     assert code == 0, err
-    assert _number_after(out, "simswap-224: max abs error") <= 1e-3
+    assert _number_after(_parity_line(out, "simswap-224 vs PyTorch:"), "rel") <= 1e-3
     assert _graph_io(path) == {"target": ["batch", 3, 224, 224], "source": ["batch", 512],
                                "output": ["batch", 3, 224, 224]}
 
@@ -317,7 +325,7 @@ def test_export_simswap_224_command(exported_224):
 def test_fp16_graph_is_checked_and_keeps_fp32_io(exported_224):
     code, out, err, path = exported_224
     assert code == 0, err
-    assert _number_after(out, "simswap-224 fp16: max abs error") <= 2e-2
+    assert _number_after(_parity_line(out, "simswap-224 fp16 vs fp32:"), "rel") <= 2e-2
     fp16 = onnx.load(str(path.with_name("simswap_224.fp16.onnx")))
     assert {v.type.tensor_type.elem_type for v in [*fp16.graph.input, *fp16.graph.output]} == {
         onnx.TensorProto.FLOAT}
@@ -329,15 +337,17 @@ def test_export_simswap_512_command(gen512_ckpt, tmp_path):
     path = tmp_path / "simswap_512.onnx"
     code, out, err = _cli("export", "simswap", "--checkpoint", str(gen512_ckpt), "--output", str(path))
     assert code == 0, err
-    assert _number_after(out, "simswap-512: max abs error") <= 1e-3
+    assert _number_after(_parity_line(out, "simswap-512 vs PyTorch:"), "rel") <= 1e-3
     assert _graph_io(path)["output"] == ["batch", 3, 512, 512]
 
 
 def test_export_arcface_command(exported_arcface):
     code, out, err, path = exported_arcface
     assert code == 0, err
-    assert _number_after(out, "arcface: max abs error") <= 1e-3
-    assert _number_after(out, "arcface fp16: max abs error of the L2-normalised embedding") <= 1e-2
+    line = _parity_line(out, "arcface vs PyTorch:")
+    assert _number_after(line, "rel") <= 1e-3 and _number_after(line, "cos") >= 0.99999
+    line = _parity_line(out, "arcface fp16 vs fp32:")
+    assert _number_after(line, "rel") <= 2e-2 and _number_after(line, "cos") >= 0.999
     assert _graph_io(path) == {"input": ["batch", 3, 112, 112], "embedding": ["batch", 512]}
 
 
@@ -367,8 +377,8 @@ def test_trt_engines_match_the_graph(gen224_ckpt, tmp_path, monkeypatch):
     code, out, err = _cli("export", "simswap", "--checkpoint", str(gen224_ckpt), "--output",
                           str(tmp_path / "g.onnx"), "--fp16", "--trt")
     assert code == 0, err
-    assert _number_after(out, "simswap-224 TensorRT fp32: max abs error") <= 1e-2
-    assert _number_after(out, "simswap-224 TensorRT fp16: max abs error") <= 2e-2
+    assert _number_after(_parity_line(out, "simswap-224 TensorRT fp32 vs ONNX fp32:"), "rel") <= 1e-2
+    assert _number_after(_parity_line(out, "simswap-224 TensorRT fp16 vs ONNX fp32:"), "rel") <= 2e-2
 
 
 # -- the swapper ------------------------------------------------------------------------------------------------
