@@ -56,11 +56,29 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 CHATTY_LOGGERS = ("aioice", "aiortc", "aiohttp.access")
 
 
+class _CommandFormatter(logging.Formatter):
+    """``swapwatch swap: warning: ...``: a command's log lines read like its errors."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{self.prefix}: {record.levelname.lower()}: {record.getMessage()}"
+
+
 def configure_logging(command: str | None, level_name: str | None, verbose: bool) -> int:
     """Log to stderr at the chosen level (commands print their results; logs are for the server and -v)."""
     name = "debug" if verbose else level_name or ("info" if command == "serve" else "warning")
     level = getattr(logging, name.upper())
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # A server's log is read later: time and source on each line. A command's warnings are read now, beside its
+    # output and errors ("swapwatch swap: error: ..."), so they are spelled the same way unless debugging.
+    handler = logging.StreamHandler(sys.stderr)
+    if command != "serve" and level > logging.DEBUG:
+        handler.setFormatter(_CommandFormatter(f"swapwatch {command}"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     for chatty in CHATTY_LOGGERS:
         logging.getLogger(chatty).setLevel(level if level <= logging.DEBUG else max(level, logging.WARNING))
     return level

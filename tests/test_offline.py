@@ -117,6 +117,8 @@ def test_faces_swap_and_detect_work_offline_from_an_empty_cache(fresh_home, face
     swap = run_offline(fresh_home, "swap", "--source", str(frontal), "--target", str(target), "--output", str(out))
     assert swap.returncode == 0, swap.stderr
     assert out.is_file() and "classic" in swap.stderr  # no learned swapper in an empty cache: the weight-free one
+    # A command's log lines read like its errors: no timestamps or logger names unless debugging.
+    assert "swapwatch swap: warning: no learned swapper is installed" in swap.stderr, swap.stderr
 
     clip = next(p for p in clips if p.name.startswith("grid_"))
     detect = run_offline(fresh_home, "detect", str(clip), "--json", "--max-frames", "25")
