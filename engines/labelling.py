@@ -329,8 +329,8 @@ class Watermarker:
         # Rounded to whole levels once, then the same integer added to B, G and R: luma moves by delta and
         # chroma stays, whatever a library's rounding of .5 ties (adding the float delta per channel rounded
         # ties differently on channels of different values with some OpenCV builds). Saturated to uint8.
-        step = np.rint(delta).astype(np.int16)[..., None]
-        return np.clip(frame_bgr.astype(np.int16) + step, 0, 255).astype(np.uint8)
+        step = np.rint(delta)
+        return cv2.add(frame_bgr, cv2.merge([step, step, step]), dtype=cv2.CV_8U)
 
     __call__ = embed
 
