@@ -20,6 +20,7 @@ import contextlib
 import io
 import math
 import os
+import sys
 import uuid
 import warnings
 from dataclasses import dataclass, replace
@@ -396,7 +397,7 @@ def write_fp16_onnx(source: str | Path, destination: str | Path) -> Path:
     inputs that must stay fp32 (Resize scales, ...) and inserts the boundary Casts. Written atomically.
     """
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    convert_float_to_float16 = _float16_converter()
 
     source, destination = Path(source), Path(destination)
     model = onnx.load(str(source))
@@ -408,6 +409,19 @@ def write_fp16_onnx(source: str | Path, destination: str | Path) -> Path:
         raise ModelError(f"fp16 conversion of {source.name} failed: {exc}") from exc
     save_onnx_atomically(converted, destination)
     return destination
+
+
+def _float16_converter():
+    """onnxruntime's fp16 converter, imported without its side effect: ``onnxruntime.transformers`` appends
+    its own folder to ``sys.path`` so that its scripts import each other as top-level modules, which makes its
+    ``models`` folder shadow any other top-level ``models`` package (SimSwap's pickles name one) for the rest of
+    the process. The converter needs nothing from that path once imported."""
+    saved = list(sys.path)
+    try:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    finally:
+        sys.path[:] = saved
+    return convert_float_to_float16
 
 
 def _sort_nodes(graph) -> None:

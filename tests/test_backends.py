@@ -186,3 +186,20 @@ def test_spurious_ast_error_is_retried_and_nothing_else_is():
     with pytest.raises(SystemError, match="something else"):
         retry_spurious_ast_error(flaky(1, "something else"))
     assert len(calls) == 1
+
+
+def test_fp16_conversion_leaves_sys_path_alone(tmp_path):
+    """onnxruntime.transformers appends its folder to sys.path on import, which would make its `models` folder
+    importable as a top-level package for the rest of the process (and break loading SimSwap's pickles, whose
+    classes live in a `models` package); the fp16 conversion must not leave that behind."""
+    import sys
+
+    import torch
+
+    from swapwatch.export.onnx_export import write_fp16_onnx
+
+    before = list(sys.path)
+    src = export_onnx(torch.nn.Conv2d(3, 4, 3), (torch.zeros(1, 3, 8, 8),), tmp_path / "conv.onnx",
+                      input_names=["x"], output_names=["y"])
+    write_fp16_onnx(src, tmp_path / "conv.fp16.onnx")
+    assert sys.path == before and (tmp_path / "conv.fp16.onnx").is_file()
