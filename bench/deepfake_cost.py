@@ -37,10 +37,10 @@ from machine import describe as describe_machine  # noqa: E402
 
 from swapwatch.config import DetectorConfig, TrackingConfig  # noqa: E402
 from swapwatch.engines.deepfake import DeepfakeDetector, WindowConfig, crop_faces  # noqa: E402
-from swapwatch.engines.detectors import create_detector  # noqa: E402
-from swapwatch.engines.media import iter_video  # noqa: E402
-from swapwatch.engines.monitor import FrameMonitor  # noqa: E402
-from swapwatch.engines.swappers import create_swapper  # noqa: E402
+from swapwatch.engines.faces import create_detector  # noqa: E402
+from swapwatch.engines.runtime import iter_video  # noqa: E402
+from swapwatch.engines.deepfake import FrameMonitor  # noqa: E402
+from swapwatch.engines.swap import create_swapper  # noqa: E402
 from swapwatch.stream.offer import SessionSettings  # noqa: E402
 from swapwatch.stream.processing import FrameProcessor  # noqa: E402
 from swapwatch.stream.sources import SourceStore  # noqa: E402

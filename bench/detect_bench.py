@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from swapwatch.config import DetectorConfig  # noqa: E402
-from swapwatch.engines.detectors import create_detector
+from swapwatch.engines.faces import create_detector
 from swapwatch.errors import SwapwatchError
 
 from machine import describe as describe_machine  # noqa: E402  (bench/ is on sys.path when run)

@@ -31,7 +31,7 @@ DEADLINE=$((T0 + BUDGET))
 say() { echo "[$(($(date +%s) - T0))s] $*"; }
 left() { echo $((DEADLINE - $(date +%s))); }
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-export SWAPWATCH_ORT_SPIN=0  # engines/ort_backend.py: ONNX Runtime threads do not spin while idle (its default)
+export SWAPWATCH_ORT_SPIN=0  # engines/runtime/ort_backend.py: ONNX Runtime threads do not spin while idle (its default)
 PY=python3
 
 if [ "$DRY" = 1 ]; then
@@ -67,7 +67,7 @@ fi
 cp -r swapwatch "$WORK/pkg/swapwatch"
 for d in engines export stream client; do ln -s "$REPO/$d" "$WORK/pkg/swapwatch/$d"; done
 export PYTHONSAFEPATH=1 PYTHONPATH="$WORK/pkg:$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
-if ! $PY -c "import swapwatch.engines.device_path, swapwatch.export.simswap, swapwatch.commands.bench" 2>"$WORK/import.err"; then
+if ! $PY -c "import swapwatch.engines.swap.device_path, swapwatch.export.simswap, swapwatch.commands.bench" 2>"$WORK/import.err"; then
   say "WARNING: linked package does not import ($(tail -1 "$WORK/import.err")); trying pip install -e"
   rm -rf "$WORK/pkg/swapwatch"
   timeout 120 $PY -m pip install -q --no-deps --no-build-isolation --no-index -e . || say "WARNING: pip install -e failed"
@@ -94,7 +94,7 @@ try:
 except ImportError as exc:
     print(f"pyav: MISSING ({exc}): codec runs will fail, --no-codec runs read the clips with OpenCV")
 import swapwatch
-from swapwatch.engines.engine import available_backends
+from swapwatch.engines.runtime.engine import available_backends
 print(f"swapwatch {swapwatch.__version__} from {swapwatch.__file__}")
 cuda = torch.cuda.is_available()
 print("torch CUDA:", f"yes, {torch.cuda.get_device_name(0)}, capability {torch.cuda.get_device_capability(0)}"
@@ -127,13 +127,13 @@ if [ "$(left)" -gt 60 ]; then
 import json, sys
 from pathlib import Path
 import cv2, numpy as np, torch
-from swapwatch.engines.align import align_face
-from swapwatch.engines.benchmark import default_clips, default_source_photo
-from swapwatch.engines.deepfake import DeepfakeDetector, crop_faces, to_input
-from swapwatch.engines.detectors import create_detector
-from swapwatch.engines.device_path import fp16_check
-from swapwatch.engines.media import read_image
-from swapwatch.engines.simswap import SimSwapSwapper
+from swapwatch.engines.faces.align import align_face
+from swapwatch.engines.bench.benchmark import default_clips, default_source_photo
+from swapwatch.engines.deepfake.detector import DeepfakeDetector, crop_faces, to_input
+from swapwatch.engines.faces.detectors import create_detector
+from swapwatch.engines.swap.device_path import fp16_check
+from swapwatch.engines.runtime.media import read_image
+from swapwatch.engines.swap.simswap import SimSwapSwapper
 from swapwatch.export.arcface import ResNet
 from swapwatch.export.simswap import SimSwapGenerator
 from swapwatch.config import DetectorConfig

@@ -32,8 +32,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("."))
     args = ap.parse_args()
     assert torch.cuda.is_available(), "needs a CUDA GPU"
-    from swapwatch.engines.align import ARCFACE_112, FFHQ_512, SIMSWAP_224, estimate_alignment, warp_batch_torch
-    from swapwatch.engines.mtcnn import MTCNNDetector
+    from swapwatch.engines.faces import (
+        ARCFACE_112, FFHQ_512, MTCNNDetector, SIMSWAP_224, estimate_alignment, warp_batch_torch,
+    )
 
     t1 = cv2.imread(str(args.t1))
     print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")

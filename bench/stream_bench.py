@@ -55,8 +55,8 @@ def serve(model: str, home: str, ready: mp.Queue) -> None:
     from aiohttp import web
 
     from swapwatch.config import Config, ServerConfig
-    from swapwatch.engines.swappers import create_swapper
-    from swapwatch.engines.yunet import YuNetDetector
+    from swapwatch.engines.faces import YuNetDetector
+    from swapwatch.engines.swap import create_swapper
     from swapwatch.stream.server import SwapwatchServer
 
     detector = YuNetDetector(ASSETS / "models" / "face_detection_yunet_2023mar.onnx")
@@ -79,7 +79,7 @@ def install_inswapper_fixture(home: Path) -> None:
     os.environ["SWAPWATCH_HOME"] = str(home)
     from fixtures_insightface import build_insightface_fixtures
 
-    from swapwatch.engines.registry import install_file
+    from swapwatch.engines.runtime import install_file
 
     files = build_insightface_fixtures(home / "fixtures")
     install_file("inswapper-128", files["inswapper_fixed"])

@@ -41,7 +41,7 @@ def timed(fn, repeats: int) -> float:
 
 
 def faces_and_images(assets: Path):
-    from swapwatch.engines.yunet import YuNetDetector
+    from swapwatch.engines.faces import YuNetDetector
 
     detector = YuNetDetector(assets / "models" / "face_detection_yunet_2023mar.onnx", backend="onnxruntime",
                              device="cpu")
@@ -53,7 +53,7 @@ def faces_and_images(assets: Path):
 
 
 def crops_for(swapper, faces, n: int) -> np.ndarray:
-    from swapwatch.engines.align import align_face
+    from swapwatch.engines.faces import align_face
 
     crops = [align_face(img, f.landmarks, swapper.template).crop for img, f in faces]
     return np.stack([crops[i % len(crops)] for i in range(n)])
@@ -72,10 +72,7 @@ def main() -> int:
     from fixtures_insightface import build_insightface_fixtures
     from fixtures_simswap import build_arcface_model, build_generator_checkpoint
 
-    from swapwatch.engines.classic import ClassicSwapper
-    from swapwatch.engines.identity import ArcFaceEmbedder
-    from swapwatch.engines.inswapper import InswapperSwapper
-    from swapwatch.engines.simswap import SimSwapSwapper
+    from swapwatch.engines.swap import ArcFaceEmbedder, ClassicSwapper, InswapperSwapper, SimSwapSwapper
     from swapwatch.export.arcface import ResNet
     from swapwatch.export.simswap import export_generator_onnx, load_generator
 

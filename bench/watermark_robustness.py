@@ -35,7 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from swapwatch.engines.labelling import Watermarker, WatermarkConfig, webrtc_codec_roundtrip
+from swapwatch.engines.swap import Watermarker, WatermarkConfig, webrtc_codec_roundtrip
 
 from machine import describe as describe_machine  # noqa: E402  (bench/ is on sys.path when run)
 

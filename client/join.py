@@ -282,7 +282,7 @@ class JoinClient:
             except av.FFmpegError as exc:
                 raise InputError(f"cannot open the camera {cfg.camera_device}: {exc.strerror or exc}") from None
         else:
-            from swapwatch.engines.media import check_file
+            from swapwatch.engines.runtime import check_file
 
             path = check_file(cfg.input)
             try:

@@ -1,7 +1,7 @@
 """BiSeNet face parsing (zllrunning/face-parsing.PyTorch) with the parameter names of ``79999_iter.pth``.
 
 The released checkpoint is a plain state_dict trained on CelebAMask-HQ (19 classes, see
-:data:`swapwatch.engines.parsing.LABELS`). Its network: a ResNet-18 context path (features at 1/8, 1/16,
+:data:`swapwatch.engines.swap.parsing.LABELS`). Its network: a ResNet-18 context path (features at 1/8, 1/16,
 1/32), attention refinement on the 1/16 and 1/32 features plus a global-context branch, and a feature fusion
 module that fuses the 1/8 ResNet features (they stand in for BiSeNet's spatial path, which the release
 dropped) with the upsampled context. Three heads exist (main, and the 1/8 and 1/16 auxiliary heads used in

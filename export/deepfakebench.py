@@ -522,8 +522,7 @@ def load_torch_detector(checkpoint: str | Path, *, arch: str | None = None, wind
                         face_scale: float = FACE_SCALE, device: str = "auto", config=None):
     """A :class:`DeepfakeDetector` running the checkpoint eagerly in PyTorch (no ONNX export)."""
     from swapwatch.engines.deepfake import DeepfakeDetector, DetectorInfo, WindowConfig
-    from swapwatch.engines.engine import TensorSpec
-    from swapwatch.engines.torch_backend import TorchEngine
+    from swapwatch.engines.runtime import TensorSpec, TorchEngine
 
     scorer = load_deepfakebench(checkpoint, arch, resolution=resolution)
     head = mean_head(scorer, window)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from swapwatch.engines.media import VideoFrame, check_file
+from swapwatch.engines.runtime import VideoFrame, check_file
 from swapwatch.errors import InputError
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from swapwatch.engines.alerts import EVENTS, KINDS
+from swapwatch.engines.deepfake import EVENTS, KINDS
 
 # The stages a frame goes through, in order (see worker.py / processing.py). "queue" is the wait for the
 # worker; "total" is the worker's whole time on the frame; "generate" is shared by a batch's frames. With the

@@ -10,7 +10,7 @@ here runs on the worker thread only: a processor is never touched by two threads
 
 With the worker's device path on (serve's ``--device-path``), ``prepare(frame, t, device=True)`` chooses the
 faces without aligning crops on the host; the worker runs align, generate, paste, badge and watermark of every
-session's frame in one :meth:`~swapwatch.engines.device_path.DeviceFramePath.process` call, and
+session's frame in one :meth:`~swapwatch.engines.swap.device_path.DeviceFramePath.process` call, and
 ``finish(plan, device_frame)`` does the rest (the hold rule, monitor, yuv420p) on the frame it returned.
 """
 
@@ -27,12 +27,10 @@ import cv2
 import numpy as np
 
 from swapwatch.config import TrackingConfig
-from swapwatch.engines.face import Face, FaceDetector
-from swapwatch.engines.labelling import SyntheticLabeller
-from swapwatch.engines.pipeline import SwapOptions, SwapPipeline, SwapPlan
-from swapwatch.engines.selection import DEFAULT_SOURCE, FaceSelection
-from swapwatch.engines.swapper import SourceIdentity, Swapper
-from swapwatch.engines.tracking import FACE_SMOOTHING, FaceTracker, KeyframeTracker
+from swapwatch.engines.faces import FACE_SMOOTHING, Face, FaceDetector, FaceTracker, KeyframeTracker
+from swapwatch.engines.swap import (
+    DEFAULT_SOURCE, FaceSelection, SourceIdentity, SwapOptions, SwapPipeline, SwapPlan, Swapper, SyntheticLabeller,
+)
 from swapwatch.stream.offer import SessionSettings
 from swapwatch.stream.sources import SourceFace
 
@@ -86,9 +84,9 @@ def output_size(width: int, height: int) -> tuple[int, int]:
 
 
 def default_monitor_factory() -> Any | None:
-    """FrameMonitor when engines/monitor.py is there; None (no alerts, frames still flow) otherwise."""
+    """FrameMonitor when engines/deepfake/monitor.py is there; None (no alerts, frames still flow) otherwise."""
     try:
-        from swapwatch.engines.monitor import FrameMonitor
+        from swapwatch.engines.deepfake import FrameMonitor
     except ImportError as exc:
         log.warning("monitor unavailable (%s): monitor sessions return frames without alerts", exc)
         return None
@@ -246,7 +244,7 @@ def _alerts(events) -> list[dict[str, Any]]:
 
 def _overlay() -> Callable[[np.ndarray, Any, list[Face]], np.ndarray]:
     try:
-        from swapwatch.engines.monitor import MonitorOverlay
+        from swapwatch.engines.deepfake import MonitorOverlay
     except ImportError:
         return _plain_overlay
     overlay = MonitorOverlay()

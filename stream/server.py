@@ -39,10 +39,9 @@ from aiortc import RTCConfiguration, RTCIceServer
 from swapwatch import __version__
 from swapwatch.config import Config
 from swapwatch.engines.deepfake import DeepfakeDetector
-from swapwatch.engines.face import FaceDetector
-from swapwatch.engines.media import decode_image
-from swapwatch.engines.source_quality import judge_source
-from swapwatch.engines.swapper import Swapper
+from swapwatch.engines.faces import FaceDetector
+from swapwatch.engines.runtime import decode_image
+from swapwatch.engines.swap import Swapper, judge_source
 from swapwatch.errors import InputError, ModelError
 from swapwatch.stream.channel import SessionChannel
 from swapwatch.stream.metrics import PROMETHEUS_CONTENT_TYPE, ServerStats, SessionStats, render_prometheus
@@ -108,7 +107,7 @@ class SwapwatchServer:
     async def _startup(self, app: web.Application) -> None:
         self.worker.start()
         if self.swapper is None:
-            from swapwatch.engines.swappers import create_swapper
+            from swapwatch.engines.swap import create_swapper
 
             name = self.config.server.model
             self.swapper = (await self.worker.run(create_swapper, name)).swapper
@@ -278,8 +277,8 @@ class SwapwatchServer:
 
     def _analyse_upload(self, path: Path, name: str, options: dict) -> dict:
         """On an analysis thread: probe (a non-video fails before any model runs), then detect."""
-        from swapwatch.engines.media import is_image_file, probe_video
-        from swapwatch.engines.verdict import detect_video
+        from swapwatch.engines.deepfake import detect_video
+        from swapwatch.engines.runtime import is_image_file, probe_video
 
         if is_image_file(path):
             raise InputError(f"{name}: is a still image, not a video")
@@ -302,7 +301,7 @@ class SwapwatchServer:
             if self._offline is None:
                 from dataclasses import replace
 
-                from swapwatch.engines.detectors import create_detector
+                from swapwatch.engines.faces import create_detector
 
                 dc = self.config.deepfake
                 model = dc.model or "default"
@@ -387,7 +386,7 @@ class SwapwatchServer:
     def _new_monitor(self) -> Any | None:
         if self.deepfake is None:
             return default_monitor_factory()
-        from swapwatch.engines.monitor import FrameMonitor
+        from swapwatch.engines.deepfake import FrameMonitor
 
         return FrameMonitor(detector=self.deepfake.fork())
 

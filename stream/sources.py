@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from swapwatch.engines.face import Face
-from swapwatch.engines.swapper import SourceIdentity
+from swapwatch.engines.faces import Face
+from swapwatch.engines.swap import SourceIdentity
 
 
 @dataclass

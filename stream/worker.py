@@ -7,8 +7,8 @@ frame in the batch (cross-session batching; chunks of at most ``max_batch_faces`
 ``finish`` (paste, label, monitor, output planes). Results come back through futures.
 
 With the device path on (``device_path``: serve's ``--device-path``, see
-:func:`~swapwatch.engines.device_path.resolve_device_path`), a batch's swap-mode frames instead go through
-one :meth:`~swapwatch.engines.device_path.DeviceFramePath.process` call for every session (upload, align,
+:func:`~swapwatch.engines.swap.device_path.resolve_device_path`), a batch's swap-mode frames instead go through
+one :meth:`~swapwatch.engines.swap.device_path.DeviceFramePath.process` call for every session (upload, align,
 generate, paste, badge and watermark on the device, one download per frame; chunks of at most
 ``max_batch_faces`` faces), then each ``finish`` (hold rule, monitor, output planes) on the frame it returned.
 The batch's device stage times go into each of its frames' timings (``generate`` is the device's swap stage).
@@ -68,7 +68,7 @@ class InferenceWorker:
     def __init__(self, stats: ServerStats | None = None, *, batch_window: float = 0.004,
                  max_batch_faces: int = 16, queue_size: int = 64, name: str = "swapwatch-inference",
                  device_path: str = "off") -> None:
-        from swapwatch.engines.device_path import DEVICE_PATH_MODES
+        from swapwatch.engines.swap import DEVICE_PATH_MODES
 
         if device_path not in DEVICE_PATH_MODES:
             raise ValueError(f"device_path must be one of {DEVICE_PATH_MODES}, got {device_path!r}")
@@ -189,7 +189,7 @@ class InferenceWorker:
             return None
         hit = self._paths.get(id(swapper))
         if hit is None or hit[0] is not swapper:
-            from swapwatch.engines.device_path import create_device_path, resolve_device_path
+            from swapwatch.engines.swap import create_device_path, resolve_device_path
 
             path = create_device_path(swapper) if resolve_device_path(self.device_path, swapper) else None
             log.info("device path (%s) for %s: %s", self.device_path, swapper.name,
@@ -288,7 +288,7 @@ class InferenceWorker:
     def _process_on_device(self, path: Any, members: list[tuple[_FrameJob, FramePlan]]) -> dict[int, np.ndarray]:
         """One device-path call for these frames (any sessions): their output frames by id(plan), and the
         batch's stage times in each frame's timings."""
-        from swapwatch.engines.device_path import FrameJob
+        from swapwatch.engines.swap import FrameJob
 
         jobs = [FrameJob.from_plan(plan.swap) if plan.swap is not None else FrameJob(plan.image)
                 for _, plan in members]

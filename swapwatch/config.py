@@ -52,7 +52,7 @@ class ServerConfig:
     # swapper on all their faces at once, at most max_batch_faces per generate call.
     batch_window: float = 0.004
     max_batch_faces: int = 16
-    # Swap frames on the device path (engines/device_path.py: one upload and download per frame, warps, swap,
+    # Swap frames on the device path (engines/swap/device_path.py: one upload and download per frame, warps, swap,
     # paste, badge and watermark on the device, every session's frames in one call): on | off | auto (on when
     # the swapper runs on CUDA; on a CPU the CPU path is faster, BENCHMARKS.md).
     device_path: str = "auto"

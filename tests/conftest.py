@@ -40,7 +40,7 @@ def yunet_onnx(shared_assets) -> Path:
 @pytest.fixture(scope="module")
 def detector(yunet_onnx):
     """YuNet with its defaults, the detector the server and clients use (files may override it)."""
-    from swapwatch.engines.yunet import YuNetDetector
+    from swapwatch.engines.faces import YuNetDetector
 
     return YuNetDetector(yunet_onnx)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from swapwatch.engines.alerts import AlertEvent, AlertPolicy, AlertPolicyConfig
+from swapwatch.engines.deepfake import AlertEvent, AlertPolicy, AlertPolicyConfig
 
 # No smoothing, no dwell, no refractory, no updates: each test switches on the rule it checks.
 BARE = dict(high=0.7, low=0.4, ema_alpha=1.0, min_dwell=0.0, refractory=0.0, update_every=None, track_timeout=10.0)

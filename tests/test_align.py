@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from swapwatch.engines.align import (
+from swapwatch.engines.faces import (
     ARCFACE_112,
     FFHQ_512,
     INSWAPPER_128,

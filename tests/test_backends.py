@@ -9,10 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from swapwatch.engines.engine import (BACKENDS, TensorSpec, available_backends, choose_backend,
-                                      load_onnx_engine)
-from swapwatch.engines.ort_backend import OnnxRuntimeEngine
-from swapwatch.engines.torch_backend import TorchEngine
+from swapwatch.engines.runtime import (
+    BACKENDS, OnnxRuntimeEngine, TensorSpec, TorchEngine, available_backends, choose_backend, load_onnx_engine,
+)
 from swapwatch.errors import BackendUnavailable, ModelError
 from swapwatch.export.onnx_export import export_onnx, retry_spurious_ast_error
 
@@ -149,7 +148,7 @@ def test_tensorrt_engine_builds_caches_and_matches(model_and_onnx, tmp_path):
         pytest.skip("tensorrt is not installed (pip install 'swapwatch[gpu]' on a CUDA machine)")
     if not torch.cuda.is_available():
         pytest.skip("tensorrt needs a CUDA GPU")
-    from swapwatch.engines.trt_backend import TensorRTEngine
+    from swapwatch.engines.runtime import TensorRTEngine
 
     model, path = model_and_onnx
     engine = TensorRTEngine.from_onnx(path, precision="fp32", max_batch=8, cache_dir=tmp_path)

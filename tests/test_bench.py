@@ -103,7 +103,7 @@ def test_input_that_is_not_a_video(tmp_path, capsys):
 
 
 def test_prepared_input_tiles_faces(shared_assets, tmp_path, detector):
-    from swapwatch.engines.benchmark import default_clips, open_decoder, prepare_input
+    from swapwatch.engines.bench import default_clips, open_decoder, prepare_input
 
     clips = default_clips()
     assert clips, "the shared GRID clips were not found"
@@ -116,7 +116,7 @@ def test_prepared_input_tiles_faces(shared_assets, tmp_path, detector):
 
 
 def test_stage_stats_count_frames_where_a_stage_did_not_run():
-    from swapwatch.engines.benchmark import StageStats
+    from swapwatch.engines.bench import StageStats
 
     stats = StageStats()
     stats.add_frame({"detect": 0.010, "swap": 0.002})
@@ -128,7 +128,7 @@ def test_stage_stats_count_frames_where_a_stage_did_not_run():
 
 
 def _grid_frames(clips, n, size=(640, 512)):
-    from swapwatch.engines.media import iter_video
+    from swapwatch.engines.runtime import iter_video
 
     out = []
     for f in iter_video(clips[0]):
@@ -149,10 +149,9 @@ def test_pipeline_output_equals_baseline_on_detected_frames(shared_assets, clips
     after the first frame of a track, so smoothed frames differ by design (the first frame, where the filter
     passes its input through, is checked with smoothing on too).
     """
-    from swapwatch.engines.baseline import BaselineLoop
-    from swapwatch.engines.classic import ClassicSwapper
-    from swapwatch.engines.media import read_image
-    from swapwatch.engines.pipeline import SwapOptions, SwapPipeline
+    from swapwatch.engines.bench import BaselineLoop
+    from swapwatch.engines.runtime import read_image
+    from swapwatch.engines.swap import ClassicSwapper, SwapOptions, SwapPipeline
 
     grid_clips = [c for c in clips if c.name.startswith("grid_")]
     swapper = ClassicSwapper()
@@ -177,10 +176,10 @@ def test_pipeline_output_equals_baseline_on_detected_frames(shared_assets, clips
 
 def test_baseline_deepfake_runs_every_frame_per_face(shared_assets, clips, face_photos, detector):
     """The baseline's deepfake detector has no strides: the scorer runs on every frame for every face."""
-    from swapwatch.engines.baseline import BaselineLoop, StageClock
-    from swapwatch.engines.classic import ClassicSwapper
+    from swapwatch.engines.bench import BaselineLoop, StageClock
     from swapwatch.engines.deepfake import DeepfakeDetector
-    from swapwatch.engines.media import read_image
+    from swapwatch.engines.runtime import read_image
+    from swapwatch.engines.swap import ClassicSwapper
 
     swapper = ClassicSwapper()
     photo = read_image(face_photos[0])
@@ -269,7 +268,7 @@ def test_device_path_arguments(args, needle, capsys, shared_assets):
 def test_h264_encoder_falls_back_to_x264_and_a_forced_missing_one_is_an_error(monkeypatch):
     """NVENC is chosen only where an encoder session opens (an NVIDIA GPU): on this machine x264 is used; asking
     for NVENC explicitly where it cannot open is a clear BackendUnavailable, not a silent substitute."""
-    from swapwatch.engines.media import _codec_opens, h264_encoder, h264_options
+    from swapwatch.engines.runtime.media import _codec_opens, h264_encoder, h264_options
     from swapwatch.errors import BackendUnavailable
 
     monkeypatch.delenv("SWAPWATCH_H264_ENCODER", raising=False)
@@ -291,7 +290,7 @@ def test_nvdec_is_used_only_where_it_opens(monkeypatch, clips):
     clip; forcing NVDEC where it cannot open is a clear error; forcing the CPU decoder always works."""
     import av
 
-    from swapwatch.engines.media import _CUVID_NAMES, _codec_opens, hardware_decoder, iter_video
+    from swapwatch.engines.runtime.media import _CUVID_NAMES, _codec_opens, hardware_decoder, iter_video
     from swapwatch.errors import BackendUnavailable
 
     clip = next(c for c in clips if c.suffix == ".mpg")

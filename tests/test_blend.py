@@ -6,29 +6,13 @@ import cv2
 import numpy as np
 import pytest
 
-from swapwatch.engines.align import (
-    ARCFACE_112,
-    FFHQ_512,
-    INSWAPPER_128,
-    SIMSWAP_224,
-    align_face,
-    estimate_alignment,
-    ffhq_template,
-    transform_points,
-    warp_back,
+from swapwatch.engines.faces import (
+    ARCFACE_112, FFHQ_512, INSWAPPER_128, SIMSWAP_224, YuNetDetector, align_face, estimate_alignment, ffhq_template,
+    transform_points, warp_back,
 )
-from swapwatch.engines.blend import (
-    FeatherMask,
-    face_outline,
-    lab_stats,
-    colour_support,
-    match_colour,
-    paste_back,
-    paste_roi,
-    poisson_paste,
-    to_lab,
+from swapwatch.engines.swap import (
+    FeatherMask, colour_support, face_outline, lab_stats, match_colour, paste_back, paste_roi, poisson_paste, to_lab,
 )
-from swapwatch.engines.yunet import YuNetDetector
 
 TEMPLATE = ffhq_template(256)
 

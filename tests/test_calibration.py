@@ -1,4 +1,4 @@
-"""Cross-fitted calibration of the window logit (engines/calibration.py, train-detector --calibrate)."""
+"""Cross-fitted calibration of the window logit (engines/deepfake/calibration.py, train-detector --calibrate)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from swapwatch.engines.calibration import fit_platt, identity_folds
-from swapwatch.engines.deepfake import sigmoid
+from swapwatch.engines.deepfake import fit_platt, identity_folds, sigmoid
 from swapwatch.errors import InputError
 
 

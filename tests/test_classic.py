@@ -10,11 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from swapwatch.engines.align import align_face, warp_back
-from swapwatch.engines.blend import paste_back
-from swapwatch.engines.classic import ClassicSwapper
-from swapwatch.engines.swapper import SourceIdentity, Swapper
-from swapwatch.engines.yunet import YuNetDetector
+from swapwatch.engines.faces import YuNetDetector, align_face, warp_back
+from swapwatch.engines.swap import ClassicSwapper, SourceIdentity, Swapper, paste_back
 
 SOURCE = "max_Chris.jpeg"
 SOURCE_FOR_SOURCE = "max_Luciano.png"  # the source photo as a target gets another identity

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from swapwatch.engines.align import ARCFACE_112
-from swapwatch.engines.deepfake import (
+from swapwatch.engines.deepfake.detector import (
     DEFAULT_MODEL_DIR, DeepfakeDetector, WindowConfig, _TrackBuffer, crop_faces, detector_template, write_detector,
 )
-from swapwatch.engines.face import Face
+from swapwatch.engines.faces import ARCFACE_112, Face
 from swapwatch.export.deepfake import (
     DetectorModels, FrameScorer, HeadConfig, MaskedGRU, ScorerConfig, TemporalHead, export_head, export_scorer,
     head_parity_inputs, load_checkpoint, save_checkpoint, scorer_parity_inputs,
@@ -183,8 +182,8 @@ def test_yunet_stem_is_yunets_first_layers(yunet_onnx, tmp_path):
         YuNetStem().load_onnx(not_yunet)
 
     # A file that is not ONNX at all: one ModelError naming it, from every reader of ONNX graphs.
-    from swapwatch.engines.identity import _graph_normalisation
-    from swapwatch.engines.inswapper import read_emap
+    from swapwatch.engines.swap import read_emap
+    from swapwatch.engines.swap.identity import _graph_normalisation
 
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x08not a protobuf" * 10)
@@ -194,7 +193,7 @@ def test_yunet_stem_is_yunets_first_layers(yunet_onnx, tmp_path):
 
 
 def test_region_loss_targets_where_the_fake_differs():
-    from swapwatch.engines.training import DetectorTrainer
+    from swapwatch.engines.deepfake import DetectorTrainer
 
     real = np.full((32, 32, 3), 100, np.uint8)
     fake = real.copy()
@@ -210,7 +209,7 @@ def test_region_loss_targets_where_the_fake_differs():
 def test_region_loss_boundary_target_where_the_blend_mask_is_known():
     """With blend masks, a self-blended fake's target is its mask's boundary 4M(1-M) (max over a cell), not
     where its pixels changed; a fake without a mask (-1) keeps the pixel-difference target."""
-    from swapwatch.engines.training import DetectorTrainer
+    from swapwatch.engines.deepfake import DetectorTrainer
 
     real = np.full((32, 32, 3), 100, np.uint8)
     fake = real.copy()
@@ -449,9 +448,8 @@ def test_default_model_files_are_small_and_described():
 
 
 def test_default_model_scores_tracks_on_a_shared_clip(default_detector, clips, yunet_onnx):
-    from swapwatch.engines.media import iter_video
-    from swapwatch.engines.tracking import FACE_SMOOTHING, FaceTracker, KeyframeTracker
-    from swapwatch.engines.yunet import YuNetDetector
+    from swapwatch.engines.faces import FACE_SMOOTHING, FaceTracker, KeyframeTracker, YuNetDetector
+    from swapwatch.engines.runtime import iter_video
 
     default_detector.reset()
     tracker = KeyframeTracker(YuNetDetector(yunet_onnx, backend="onnxruntime", device="cpu"),
@@ -486,11 +484,10 @@ def _held_out_versions(clip: Path, source_photo: Path, yunet_onnx: Path) -> dict
     and self-blended with one SBI draw for the whole clip (seeds 0 and 1, JPEG included)."""
     import cv2
 
-    from swapwatch.engines.classic import ClassicSwapper
-    from swapwatch.engines.media import iter_video
-    from swapwatch.engines.pipeline import SwapPipeline
-    from swapwatch.engines.sbi import SBIParams, SelfBlender
-    from swapwatch.engines.yunet import YuNetDetector
+    from swapwatch.engines.deepfake import SBIParams, SelfBlender
+    from swapwatch.engines.faces import YuNetDetector
+    from swapwatch.engines.runtime import iter_video
+    from swapwatch.engines.swap import ClassicSwapper, SwapPipeline
 
     detector = YuNetDetector(yunet_onnx, backend="onnxruntime", device="cpu")
     pipeline = SwapPipeline(detector, ClassicSwapper())
@@ -514,8 +511,7 @@ def expected_verdict(version: str) -> str:
 
 def _clip_score(detector: DeepfakeDetector, frames: list[np.ndarray], yunet_onnx: Path):
     """Live conditions: YuNet + the smoothed tracker, full windows only, a window every 5 frames."""
-    from swapwatch.engines.tracking import FACE_SMOOTHING, FaceTracker, KeyframeTracker
-    from swapwatch.engines.yunet import YuNetDetector
+    from swapwatch.engines.faces import FACE_SMOOTHING, FaceTracker, KeyframeTracker, YuNetDetector
 
     tracker = KeyframeTracker(YuNetDetector(yunet_onnx, backend="onnxruntime", device="cpu"),
                               FaceTracker(smoothing=FACE_SMOOTHING))

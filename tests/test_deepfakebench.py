@@ -20,9 +20,8 @@ import torch
 from torch import nn
 
 from fixtures_deepfakebench import build_checkpoint, image_like, reference_probability, save_state
-from swapwatch.engines.align import arcface_template
 from swapwatch.engines.deepfake import DeepfakeDetector, DetectorInfo, WindowConfig, score_video, sigmoid
-from swapwatch.engines.face import Face
+from swapwatch.engines.faces import Face, arcface_template
 from swapwatch.errors import ModelError
 from swapwatch.export import deepfakebench as dfb
 from swapwatch.export.onnx_export import DETECTOR_TOLERANCE, check_parity, run_onnx
@@ -326,7 +325,7 @@ def test_missing_efficientnet_package_names_the_pip_command(monkeypatch):
 def test_registry_entries_and_cli_defaults(capsys):
     from swapwatch.cli import main
     from swapwatch.commands.export import DeepfakeBenchTarget
-    from swapwatch.engines.registry import UrlSource, get_entry
+    from swapwatch.engines.runtime import UrlSource, get_entry
 
     for arch in dfb.ARCHS.values():
         entry = get_entry(arch.registry)

@@ -116,8 +116,7 @@ def test_detect_json_and_plot_on_a_real_clip(grid_clip, tmp_path):
 
 def test_report_matches_score_video(grid_clip, detector):
     """detect_video adds nothing to the detector's numbers: same tracks, windows and score as score_video."""
-    from swapwatch.engines.deepfake import DeepfakeDetector, score_video
-    from swapwatch.engines.verdict import detect_video
+    from swapwatch.engines.deepfake import DeepfakeDetector, detect_video, score_video
 
     deepfake = DeepfakeDetector.load()
     clip = score_video(grid_clip, deepfake, detector, max_frames=25)
@@ -239,8 +238,7 @@ def video_form(data: bytes, filename: str, content_type: str = "video/mpeg") -> 
 
 
 def test_endpoint_upload_and_rejections(detector, grid_clip, face_photos, tmp_path):
-    from swapwatch.engines.deepfake import DeepfakeDetector
-    from swapwatch.engines.verdict import detect_video
+    from swapwatch.engines.deepfake import DeepfakeDetector, detect_video
 
     uploads = tmp_path / "uploads"
     uploads.mkdir()

@@ -1,4 +1,4 @@
-"""The device path (engines/device_path.py) on torch CPU against the CPU path (SwapPipeline) on real frames.
+"""The device path (engines/swap/device_path.py) on torch CPU against the CPU path (SwapPipeline) on real frames.
 
 Tolerance. Measured on the first GRID frames at 360x288, 640x512 and 720x288 (one and two faces):
 
@@ -30,22 +30,12 @@ import numpy as np
 import pytest
 import torch
 
-from swapwatch.engines.benchmark import STAGES
-from swapwatch.engines.blend import from_lab, match_colour, to_lab
-from swapwatch.engines.classic import ClassicSwapper
-from swapwatch.engines.device_path import (
-    DEVICE_PATH_STAGES,
-    DeviceFramePath,
-    DevicePathConfig,
-    FaceJob,
-    FrameJob,
-    bgr_to_lab_torch,
-    fp16_check,
-    lab_to_bgr_torch,
-    match_colour_torch,
+from swapwatch.engines.bench import STAGES
+from swapwatch.engines.swap import (
+    ClassicSwapper, DEVICE_PATH_STAGES, DeviceFramePath, DevicePathConfig, FaceJob, FrameJob, SwapPipeline,
+    SyntheticLabeller, Watermarker, bgr_to_lab_torch, fp16_check, from_lab, lab_to_bgr_torch, match_colour,
+    match_colour_torch, to_lab,
 )
-from swapwatch.engines.labelling import SyntheticLabeller, Watermarker
-from swapwatch.engines.pipeline import SwapPipeline
 
 # The same tests run the CUDA path where a GPU is present (pinned buffers, copy stream, events: untested here).
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -205,7 +195,7 @@ def simswap():
     shallow ArcFace (the identity is computed once per source and is not what this tests)."""
     from fixtures_simswap import randomize_
 
-    from swapwatch.engines.simswap import SimSwapSwapper
+    from swapwatch.engines.swap import SimSwapSwapper
     from swapwatch.export.arcface import ResNet
     from swapwatch.export.simswap import SimSwapGenerator
 
@@ -231,7 +221,7 @@ def test_simswap_parity_on_the_device_generator(simswap, detector, source_photo,
 
 def test_fp16_check_on_the_generator(simswap, detector, grid_frames):
     swapper, generator = simswap
-    from swapwatch.engines.align import align_face
+    from swapwatch.engines.faces import align_face
 
     face = detector.detect(grid_frames[0])[0]
     crop = align_face(grid_frames[0], face.landmarks, swapper.template).crop

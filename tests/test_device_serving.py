@@ -14,9 +14,7 @@ import numpy as np
 import pytest
 
 from swapwatch.config import Config, ServerConfig
-from swapwatch.engines.classic import ClassicSwapper
-from swapwatch.engines.device_path import DeviceFramePath, resolve_device_path
-from swapwatch.engines.labelling import SyntheticLabeller, Watermarker
+from swapwatch.engines.swap import ClassicSwapper, DeviceFramePath, SyntheticLabeller, Watermarker, resolve_device_path
 
 MAX_LEVELS = 3  # as tests/test_device_path.py
 WITHIN_ONE = 0.999

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from swapwatch.cli import main
-from swapwatch.engines.evaluation import (
+from swapwatch.engines.deepfake.evaluation import (
     accuracy_at, dataset_metrics, equal_error_rate, expected_calibration_error, reliability_bins, roc_auc,
     roc_curve, splice_pairs,
 )
@@ -40,7 +40,7 @@ def test_auc_with_ties_counts_half():
 
 
 def test_roc_auc_still_importable_from_training():
-    from swapwatch.engines import evaluation, training
+    from swapwatch.engines.deepfake import evaluation, training
 
     assert training.roc_auc is evaluation.roc_auc
     assert training.roc_auc([0, 1], [0.2, 0.9]) == 1.0
@@ -106,7 +106,7 @@ def test_dataset_metrics_one_class_keeps_what_it_can():
 
 
 def test_splice_pairs_prefer_the_same_identity():
-    from swapwatch.engines.training import FAKE, REAL, MediaItem
+    from swapwatch.engines.deepfake import FAKE, REAL, MediaItem
 
     reals = [MediaItem(Path(f"real/{n}.mp4"), REAL, n, "folders") for n in ("a", "b", "c")]
     fakes = [MediaItem(Path(f"fake/{n}.mp4"), FAKE, n, "folders") for n in ("c", "a")]
@@ -134,9 +134,8 @@ def _write_mp4(path: Path, frames: list[np.ndarray]) -> None:
 
 @pytest.fixture(scope="module")
 def dataset(clips, face_photos, yunet_onnx, tmp_path_factory) -> Path:
-    from swapwatch.engines.classic import ClassicSwapper
-    from swapwatch.engines.pipeline import SwapPipeline
-    from swapwatch.engines.yunet import YuNetDetector
+    from swapwatch.engines.faces import YuNetDetector
+    from swapwatch.engines.swap import ClassicSwapper, SwapPipeline
 
     root = tmp_path_factory.mktemp("evalset")
     (root / "real").mkdir()
@@ -173,9 +172,8 @@ def test_time_to_alert_and_false_alerts_follow_the_policy(dataset, yunet_onnx):
     """With a scorer that jumps from 0 to 1 at the splice, the model policy (EMA 0.3, high 0.7, dwell 0.5 s)
     crosses 0.7 on the 4th fake frame (0.3, 0.51, 0.657, 0.760; t = splice + 0.12 s) and starts the alert
     0.5 s later on the first frame at or past it: splice + 0.64 s at 25 fps."""
-    from swapwatch.engines.evaluation import Evaluator, stream_summary
-    from swapwatch.engines.training import FAKE, REAL, folder_items
-    from swapwatch.engines.yunet import YuNetDetector
+    from swapwatch.engines.deepfake import Evaluator, FAKE, REAL, folder_items, stream_summary
+    from swapwatch.engines.faces import YuNetDetector
 
     faces = YuNetDetector(yunet_onnx, backend="onnxruntime", device="cpu")
     real = folder_items([dataset / "real"], REAL)[0]
@@ -257,7 +255,7 @@ def test_report_schema_and_ranges(report, dataset, capsys):
 def test_offline_score_is_score_video(report, dataset, yunet_onnx):
     """One pass feeds both the offline score and the live path; the offline score is score_video's."""
     from swapwatch.engines.deepfake import DeepfakeDetector, WindowConfig, score_video
-    from swapwatch.engines.yunet import YuNetDetector
+    from swapwatch.engines.faces import YuNetDetector
 
     data, _ = report
     video = next(v for v in data["videos"] if v["label"] == "FAKE")

@@ -11,11 +11,8 @@ import numpy as np
 import pytest
 
 from fixtures_insightface import build_insightface_fixtures
-from swapwatch.engines.align import ARCFACE_112, INSWAPPER_128, align_face
-from swapwatch.engines.face import Face
-from swapwatch.engines.identity import ArcFaceEmbedder, normed
-from swapwatch.engines.inswapper import InswapperSwapper
-from swapwatch.engines.swapper import SourceIdentity
+from swapwatch.engines.faces import ARCFACE_112, Face, INSWAPPER_128, align_face
+from swapwatch.engines.swap import ArcFaceEmbedder, InswapperSwapper, SourceIdentity, normed
 from swapwatch.errors import ModelError
 
 # InsightFace's estimate_norm calls an API scikit-image >= 0.26 deprecates; not ours to fix.
@@ -30,7 +27,7 @@ def insightface_files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def photo_faces(face_photos, t1_jpg, yunet_onnx) -> list[tuple[str, np.ndarray, Face]]:
     """(name, image, face) for every face YuNet finds in the shared photos and InsightFace's t1.jpg."""
-    from swapwatch.engines.yunet import YuNetDetector
+    from swapwatch.engines.faces import YuNetDetector
 
     if not yunet_onnx.is_file():
         pytest.skip(f"{yunet_onnx} missing")

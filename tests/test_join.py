@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from app_thread import BackgroundApp
 
-from swapwatch.engines.media import iter_video
+from swapwatch.engines.runtime import iter_video
 
 
 class ServerThread(BackgroundApp):

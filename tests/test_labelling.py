@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from swapwatch.engines.labelling import (
+from swapwatch.engines.swap import (
     LabelConfig,
     LabellingConfig,
     SyntheticLabeller,

@@ -22,11 +22,12 @@ import pytest
 from app_thread import BackgroundApp
 from cli_util import assert_one_line_error, swapwatch_cmd
 
-from swapwatch.engines.face import Face
-from swapwatch.engines.labelling import Watermarker
-from swapwatch.engines.media import VideoFrame, iter_video
-from swapwatch.engines.monitor import (
-    WATERMARK_TRACK, DeepfakeScorer, FrameMonitor, MonitorConfig, MonitorOverlay, MonitorState)
+from swapwatch.engines.deepfake import (
+    WATERMARK_TRACK, DeepfakeScorer, FrameMonitor, MonitorConfig, MonitorOverlay, MonitorState,
+)
+from swapwatch.engines.faces import Face
+from swapwatch.engines.runtime import VideoFrame, iter_video
+from swapwatch.engines.swap import Watermarker
 from swapwatch.stream.ingest import LatestFrame, VideoSource
 
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from swapwatch.engines.face import Face
-from swapwatch.engines.mtcnn import MTCNNConfig, MTCNNDetector, pyramid_scales
+from swapwatch.engines.faces import Face, MTCNNConfig, MTCNNDetector, pyramid_scales
 from swapwatch.errors import ModelError
 from swapwatch.export.mtcnn import (NET_OUTPUTS, ONet, PNet, RNet, example_input, export_mtcnn_onnx,
                                     load_mtcnn_nets)

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from swapwatch.engines import fetch
-from swapwatch.engines.registry import REGISTRY, ModelEntry, ModelFile, PackagedSource, ensure_model, sha256_file
+from swapwatch.engines.runtime import ModelEntry, ModelFile, PackagedSource, REGISTRY, ensure_model, fetch, sha256_file
 from swapwatch.errors import FetchError, ModelError
 
 YUNET = REGISTRY["yunet-2023mar"]

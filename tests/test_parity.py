@@ -252,7 +252,7 @@ class _StandInEngine:
     scale = {"fp32": 1.0, "fp16": 1.0}
 
     def __init__(self, path: Path, precision: str) -> None:
-        from swapwatch.engines.ort_backend import OnnxRuntimeEngine
+        from swapwatch.engines.runtime import OnnxRuntimeEngine
 
         self.engine, self.factor = OnnxRuntimeEngine(path, device="cpu"), self.scale[precision]
         self.inputs = self.engine.inputs
@@ -268,7 +268,7 @@ class _StandInEngine:
 def test_tensorrt_engines_are_judged_by_the_same_comparator(large_arcface, tmp_path, monkeypatch, capsys):
     from swapwatch.cli import main
     from swapwatch.commands import export as export_command
-    from swapwatch.engines import trt_backend
+    from swapwatch.engines.runtime import trt_backend
 
     monkeypatch.setattr(export_command, "_require_tensorrt", lambda: None)
     monkeypatch.setattr(trt_backend, "TensorRTEngine", _StandInEngine)

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from fixtures_bisenet import write_checkpoint, write_wrong_checkpoint
-from swapwatch.engines.engine import Engine, TensorSpec
-from swapwatch.engines.parsing import FACE_CLASSES, LABEL_IDS, LABELS, MOUTH_CLASSES, FaceParser, face_mask
+from swapwatch.engines.runtime import Engine, TensorSpec
+from swapwatch.engines.swap import FACE_CLASSES, LABELS, LABEL_IDS, MOUTH_CLASSES, FaceParser, face_mask
+from swapwatch.errors import ModelError
 from swapwatch.export.bisenet import BiSeNet, export_bisenet_onnx, load_bisenet, parity_inputs
 from swapwatch.export.onnx_export import check_parity
-from swapwatch.errors import ModelError
 
 
 @pytest.fixture(scope="session")

@@ -16,14 +16,8 @@ from pathlib import Path
 import pytest
 
 from swapwatch import cli
-from swapwatch.engines import registry as reg
-from swapwatch.engines.fetch import fetch_file
-from swapwatch.engines.registry import (
-    LocalSource,
-    ModelEntry,
-    ModelFile,
-    PyPIWheelSource,
-    UrlSource,
+from swapwatch.engines.runtime import (
+    LocalSource, ModelEntry, ModelFile, PyPIWheelSource, UrlSource, fetch_file, registry as reg,
 )
 from swapwatch.errors import FetchError, ModelError
 

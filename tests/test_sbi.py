@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from swapwatch.engines.align import ARCFACE_112
-from swapwatch.engines.sbi import BLEND_RATIOS, SBIParams, SelfBlender, jpeg
+from swapwatch.engines.deepfake import BLEND_RATIOS, SBIParams, SelfBlender, jpeg
+from swapwatch.engines.faces import ARCFACE_112
 
 
 def _scene(seed: int = 0, offset=(150.0, 90.0), scale: float = 1.2):
@@ -94,7 +94,7 @@ def test_top_cut_moves_the_masks_top_and_leaves_other_draws_alone():
     edge lies lower the lower the cut (0: just above the eyes, 1: the outline's top)."""
     from dataclasses import replace
 
-    from swapwatch.engines.sbi import SBIConfig
+    from swapwatch.engines.deepfake import SBIConfig
 
     plain = SBIParams.draw(np.random.default_rng(4))
     cut = SBIParams.draw(np.random.default_rng(4), SBIConfig(top_cut=(0.0, 1.0)))

@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 
 from fixtures_scrfd import build_scrfd_fixtures
-from swapwatch.engines.face import Face
-from swapwatch.engines.nms import box_iou
-from swapwatch.engines.scrfd import SCRFDDetector, SCRFDLayout
+from swapwatch.engines.faces import Face, SCRFDDetector, SCRFDLayout, box_iou
 from swapwatch.errors import ModelError
 
 TOL = 1e-3

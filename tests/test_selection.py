@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from swapwatch.engines.face import Face
-from swapwatch.engines.selection import DEFAULT_SOURCE, DEFAULT_THRESHOLD, FaceSelection
+from swapwatch.engines.faces import Face
+from swapwatch.engines.swap import DEFAULT_SOURCE, DEFAULT_THRESHOLD, FaceSelection
 from swapwatch.errors import InputError
 
 D = 512

@@ -130,9 +130,7 @@ def chris(face_photos, detector):
 
 def test_batched_frame_path_matches_swap_pipeline(detector, grid_frames, chris):
     """prepare + generate + finish (the worker's seam) gives SwapPipeline.process's frame, labelled."""
-    from swapwatch.engines.classic import ClassicSwapper
-    from swapwatch.engines.labelling import SyntheticLabeller
-    from swapwatch.engines.pipeline import SwapOptions, SwapPipeline
+    from swapwatch.engines.swap import ClassicSwapper, SwapOptions, SwapPipeline, SyntheticLabeller
     from swapwatch.stream.offer import SessionSettings
     from swapwatch.stream.processing import FrameProcessor, to_yuv420p
 
@@ -151,7 +149,7 @@ def test_batched_frame_path_matches_swap_pipeline(detector, grid_frames, chris):
 
 
 def test_worker_batches_faces_across_sessions(detector, grid_frames, chris):
-    from swapwatch.engines.classic import ClassicSwapper
+    from swapwatch.engines.swap import ClassicSwapper
     from swapwatch.stream.metrics import ServerStats
     from swapwatch.stream.offer import SessionSettings
     from swapwatch.stream.processing import FrameProcessor

@@ -24,9 +24,8 @@ import torch.nn.functional as F
 
 from fixtures_simswap import (ARCFACE_MODULE, build_arcface_checkpoint, build_arcface_model,
                               build_generator_checkpoint, build_malicious_checkpoint)
-from swapwatch.engines.align import FFHQ_512, SIMSWAP_224
-from swapwatch.engines.simswap import SimSwapSwapper, arcface_input, nearest_indices
-from swapwatch.engines.swapper import SourceIdentity
+from swapwatch.engines.faces import FFHQ_512, SIMSWAP_224
+from swapwatch.engines.swap import SimSwapSwapper, SourceIdentity, arcface_input, nearest_indices
 from swapwatch.errors import ModelError
 from swapwatch.export.arcface import DEFAULT_LAYERS, ResNet, load_arcface
 from swapwatch.export.checkpoints import read_checkpoint, restricted_pickle_module
@@ -402,7 +401,7 @@ def test_nearest_resize_and_arcface_input_match_simswaps_torch_code():
 @pytest.fixture(scope="session")
 def photo_faces(face_photos, yunet_onnx):
     """(image, best face) for the first three shared photos, found with YuNet."""
-    from swapwatch.engines.yunet import YuNetDetector
+    from swapwatch.engines.faces import YuNetDetector
 
     detector = YuNetDetector(yunet_onnx, backend="onnxruntime", device="cpu")
     found = []
@@ -426,7 +425,7 @@ def torch_swapper(gen224, arcface) -> SimSwapSwapper:
 
 
 def _crops(swapper: SimSwapSwapper, photo_faces) -> np.ndarray:
-    from swapwatch.engines.align import align_face
+    from swapwatch.engines.faces import align_face
 
     return np.stack([align_face(img, face.landmarks, swapper.template).crop for img, face in photo_faces])
 

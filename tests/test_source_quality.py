@@ -1,8 +1,8 @@
-"""Judging a source photo (engines/source_quality.py) on the real shared photos, and `swapwatch swap`'s use of it.
+"""Judging a source photo (engines/swap/source_quality.py) on the real shared photos, and `swapwatch swap`'s use of it.
 
 Measured with YuNet (the default detector) on the largest face; eyes = eye distance in px, yaw/pitch in degrees
 (yaw < 0: nose to the image's left; pitch < 0: chin down), sharpness as ``source_quality.sharpness``, inside =
-share of the inner face inside the photo. The thresholds in engines/source_quality.py were set on these values.
+share of the inner face inside the photo. The thresholds in engines/swap/source_quality.py were set on these values.
 
     photo                             faces eyes   box      yaw    pitch  sharp  inside verdict
     intel_headpose_female_frame0.png  1     18.0   62x83   -43.1   -5.5  0.213  1.00   turned-head poor; small-face note
@@ -41,8 +41,8 @@ import numpy as np
 import pytest
 
 from swapwatch.cli import main
-from swapwatch.engines.face import Face
-from swapwatch.engines.source_quality import (
+from swapwatch.engines.faces import Face
+from swapwatch.engines.swap import (
     BLURRY_POOR,
     SECOND_FACE_COMPARABLE,
     SMALL_FACE_POOR_PX,
@@ -146,7 +146,7 @@ def test_face_cut_by_the_edge(detector, photos):
 
 
 def test_yaw_follows_the_head_turning_in_the_intel_clip(detector, clips):
-    from swapwatch.engines.media import iter_video
+    from swapwatch.engines.runtime import iter_video
 
     clip = next((c for c in clips if c.name == "head-pose-face-detection-female.gif"), None)
     if clip is None:
@@ -161,7 +161,7 @@ def test_yaw_follows_the_head_turning_in_the_intel_clip(detector, clips):
 @pytest.mark.parametrize("yaw,pitch", [(0, 0), (40, 0), (-25, 0), (0, 30), (0, -30), (60, 0)])
 def test_head_pose_recovers_a_known_rotation(yaw, pitch):
     """Landmarks of the generic face itself, rotated and projected: the fit returns the angles it was given."""
-    from swapwatch.engines.source_quality import _MODEL_3D
+    from swapwatch.engines.swap.source_quality import _MODEL_3D
 
     landmarks = (_MODEL_3D @ _rotation(yaw, pitch).T)[:, :2] * 3.0 + [320.0, 240.0]
     got_yaw, got_pitch, _ = head_pose(landmarks)
@@ -170,7 +170,7 @@ def test_head_pose_recovers_a_known_rotation(yaw, pitch):
 
 def test_head_tilted_far_down_is_poor(detector, photos):
     """No shared photo is tilted: put a 45 degree nod's landmarks on a real face and its pixels."""
-    from swapwatch.engines.source_quality import _MODEL_3D
+    from swapwatch.engines.swap.source_quality import _MODEL_3D
 
     image = cv2.imread(str(photos["max_Chris.jpeg"]))
     face = max(detector.detect(image), key=lambda f: f.area)
@@ -222,7 +222,7 @@ def test_swap_refuses_a_turned_head_source_before_loading_the_model(photos, tmp_
 
 
 def test_swap_checks_the_source_before_the_swap_model_loads(photos, tmp_path, monkeypatch, capsys):
-    import swapwatch.engines.swappers as swappers
+    import swapwatch.engines.swap.swappers as swappers
 
     def no_model(*args, **kwargs):
         raise AssertionError("the swap model was loaded before the source photo was judged")

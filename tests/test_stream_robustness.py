@@ -15,7 +15,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, VideoStreamTrack
 from test_webrtc import decode_clip, run_server, upload, wait_for
 
-from swapwatch.engines.face import Face, FaceDetector
+from swapwatch.engines.faces import Face, FaceDetector
 from swapwatch.stream.probe import Probe
 
 

@@ -37,8 +37,8 @@ def classic_swap(grid_clip, face_photos, tmp_path_factory):
 
 
 def face_boxes(clip: Path) -> list[np.ndarray]:
-    from swapwatch.engines.detectors import create_detector
     from swapwatch.config import DetectorConfig
+    from swapwatch.engines.faces import create_detector
 
     detector = create_detector(DetectorConfig(name="yunet"))
     frames, _, _ = decode(clip)
@@ -54,7 +54,7 @@ def test_classic_video_keeps_count_rate_and_audio(classic_swap, grid_clip):
 
 
 def test_classic_changes_the_face_and_not_the_background(classic_swap, grid_clip):
-    from swapwatch.engines.labelling import VisibleLabel
+    from swapwatch.engines.swap import VisibleLabel
 
     src_frames, _, _ = decode(grid_clip)
     out_frames, _, _ = decode(classic_swap)
@@ -74,7 +74,7 @@ def test_classic_changes_the_face_and_not_the_background(classic_swap, grid_clip
 
 
 def test_every_swapped_frame_is_labelled_and_watermarked(classic_swap):
-    from swapwatch.engines.labelling import Watermarker
+    from swapwatch.engines.swap import Watermarker
 
     frames, _, _ = decode(classic_swap)
     marker = Watermarker()
@@ -137,7 +137,7 @@ def test_bad_swap_arguments_are_one_line_errors(argv, needle, face_photos, grid_
 def test_watermark_survives_vp8_at_1mbps_on_swapped_frames(classic_swap, grid_clip):
     """The swapped video, sent as a WebRTC peer would (VP8, 1 Mbit/s), still carries the mark in >= 99% of
     frames; the same clip unswapped carries it in none."""
-    from swapwatch.engines.labelling import Watermarker, webrtc_codec_roundtrip
+    from swapwatch.engines.swap import Watermarker, webrtc_codec_roundtrip
 
     marker = Watermarker()
     swapped, _, _ = decode(classic_swap)
@@ -151,8 +151,8 @@ def test_watermark_survives_vp8_at_1mbps_on_swapped_frames(classic_swap, grid_cl
 @pytest.fixture
 def no_models(monkeypatch):
     """Any model load fails the test: what it guards must be decided before the detector or swapper loads."""
-    import swapwatch.engines.detectors as detectors
-    import swapwatch.engines.swappers as swappers
+    import swapwatch.engines.faces.detectors as detectors
+    import swapwatch.engines.swap.swappers as swappers
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the arguments were checked")

@@ -9,14 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from swapwatch.engines.align import ARCFACE_112
-from swapwatch.engines.face import Face, FaceDetector
-from swapwatch.engines.tracking import (
-    FACE_SMOOTHING,
-    FaceTracker,
-    KeyframeTracker,
-    OneEuroConfig,
-    OneEuroFilter,
+from swapwatch.engines.faces import (
+    ARCFACE_112, FACE_SMOOTHING, Face, FaceDetector, FaceTracker, KeyframeTracker, OneEuroConfig, OneEuroFilter,
 )
 
 FPS = 25.0

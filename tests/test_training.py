@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from swapwatch.engines.training import (
+from swapwatch.engines.deepfake import (
     FAKE, REAL, DataSpec, collect_items, dfdc_items, ffpp_items, folder_items, pack_windows, roc_auc,
     rotate_pairs, sample_window, split_identities, train,
 )
@@ -163,9 +163,8 @@ def test_training_end_to_end_and_resume_gives_the_same_model(shared_assets, tmp_
     from swapwatch.cli import main
     from swapwatch.commands.train_detector import config_from_args
     from swapwatch.engines.deepfake import DeepfakeDetector
-    from swapwatch.engines.media import iter_video
-    from swapwatch.engines.tracking import FaceTracker, KeyframeTracker
-    from swapwatch.engines.yunet import YuNetDetector
+    from swapwatch.engines.faces import FaceTracker, KeyframeTracker, YuNetDetector
+    from swapwatch.engines.runtime import iter_video
 
     media = [shared_assets / "videos" / "grid_bbaf2n.mpg", shared_assets / "videos" / "grid_brbk7n.mpg",
              shared_assets / "faces" / "max_Bryan.png", shared_assets / "faces" / "max_Chris.jpeg"]
@@ -332,7 +331,7 @@ def test_vary_mask_top_reaches_the_training_renders_only(shared_assets, yunet_on
 
     from swapwatch.cli import main
     from swapwatch.commands.train_detector import config_from_args
-    from swapwatch.engines.training import DetectorTrainer, collect_items, prepare_data
+    from swapwatch.engines.deepfake import DetectorTrainer, collect_items, prepare_data
 
     media = _two_clips_and_a_photo(shared_assets)
     runs = {"plain": ("--pair-pool", "32"), "top": ("--pair-pool", "32", "--vary-mask-top")}

@@ -18,8 +18,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from swapwatch.config import Config, ServerConfig
-from swapwatch.engines.classic import ClassicSwapper
-from swapwatch.engines.labelling import Watermarker
+from swapwatch.engines.swap import ClassicSwapper, Watermarker
 from swapwatch.stream.probe import Probe, ProbeReport
 from swapwatch.stream.server import SwapwatchServer
 
@@ -150,7 +149,7 @@ def test_monitor_session_returns_frames_and_talks_on_the_websocket(detector, cli
 
 
 def test_both_mode_alerts_on_its_own_watermark(detector, clip, source_photo):
-    pytest.importorskip("swapwatch.engines.monitor", reason="engines/monitor.py (FrameMonitor) not present")
+    pytest.importorskip("swapwatch.engines.deepfake.monitor", reason="engines/deepfake/monitor.py (FrameMonitor) not present")
 
     async def scenario(http, server):
         source = await upload(http, source_photo)

@@ -11,10 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from swapwatch.engines.face import Face
-from swapwatch.engines.letterbox import Letterbox
-from swapwatch.engines.nms import box_iou
-from swapwatch.engines.yunet import YuNetDetector
+from swapwatch.engines.faces import Face, Letterbox, YuNetDetector, box_iou
 from swapwatch.errors import ModelError
 
 # Consecutive clip frames are near-duplicates: every frame is checked for its face count and landmark

@@ -1,10 +1,10 @@
 """`swapwatch bench`: per-stage p50/p95 latency and end-to-end frame rate of the live frame path, optionally
 against the straightforward InsightFace/OpenCV loop on the same frames and models (``--compare-baseline``).
-``--device-path`` measures the device-resident frame path (engines/device_path.py) with sessions batched into
+``--device-path`` measures the device-resident frame path (engines/swap/device_path.py) with sessions batched into
 one call, ``--no-codec`` server-side processing alone (no H.264 decode or encode).
 
-What each side runs, how the input is built and how it is timed: ``swapwatch/engines/benchmark.py``'s
-docstring (engines/benchmark.py in the repository) and engines/baseline.py.
+What each side runs, how the input is built and how it is timed: ``swapwatch/engines/bench/benchmark.py``'s
+docstring (engines/bench/benchmark.py in the repository) and engines/bench/baseline.py.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="also run the straightforward loop (detect every frame, per-face warps, full-frame "
                         "paste, synchronous) on the same frames and models, and report both")
     p.add_argument("--device-path", action="store_true",
-                   help="pipeline side: the device-resident frame path (engines/device_path.py: one upload and one "
+                   help="pipeline side: the device-resident frame path (engines/swap/device_path.py: one upload and one "
                         "download per frame, batched warps, one generator batch per step, on-device paste and "
                         "labels) instead of the server's FrameProcessor path; sessions are batched into one call. "
                         "serve's --device-path auto (its default) uses this path when the swapper runs on CUDA. "
@@ -116,7 +116,7 @@ def _check_out(path: Path | None, flag: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from swapwatch.engines.benchmark import (
+    from swapwatch.engines.bench import (
         BenchConfig,
         format_report,
         plot_stages,
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         stderr_progress,
         workdir,
     )
-    from swapwatch.engines.media import check_file
+    from swapwatch.engines.runtime import check_file
 
     width, height = parse_resolution(args.resolution)
     if args.input is not None:

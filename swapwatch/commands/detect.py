@@ -41,10 +41,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 def run(args: argparse.Namespace) -> int:
     from swapwatch.config import DetectorConfig
-    from swapwatch.engines.deepfake import DeepfakeDetector
-    from swapwatch.engines.detectors import create_detector
-    from swapwatch.engines.media import check_file, is_image_file, probe_video
-    from swapwatch.engines.verdict import detect_video, plot_report
+    from swapwatch.engines.deepfake import DeepfakeDetector, detect_video, plot_report
+    from swapwatch.engines.faces import create_detector
+    from swapwatch.engines.runtime import check_file, is_image_file, probe_video
 
     if args.detect_every < 1:
         raise InputError("--detect-every must be at least 1")

@@ -1,7 +1,7 @@
 """`swapwatch eval-detector`: measure the deepfake detector on a labelled video dataset.
 
 Video level: AUC, EER, accuracy at the threshold, calibration error. Live: time to alert on streams spliced
-from a real video to a fake one, and false alerts per hour of real footage (``engines.evaluation``).
+from a real video to a fake one, and false alerts per hour of real footage (``engines/deepfake/evaluation.py``).
 """
 
 from __future__ import annotations
@@ -64,9 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from swapwatch.config import DetectorConfig
-    from swapwatch.engines.deepfake import DeepfakeDetector, WindowConfig
-    from swapwatch.engines.detectors import create_detector
-    from swapwatch.engines.evaluation import Evaluator, StreamSettings, evaluate
+    from swapwatch.engines.deepfake import DeepfakeDetector, Evaluator, StreamSettings, WindowConfig, evaluate
+    from swapwatch.engines.faces import create_detector
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise InputError("--threshold must lie in [0, 1]")
@@ -118,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
 def dataset_items(root: Path, layout: str, *, compression: str = "c23", max_videos: int | None = None) -> list:
     """The dataset's videos through the training readers, at most ``max_videos`` per label (name order)."""
-    from swapwatch.engines.training import FAKE, REAL, dfdc_items, ffpp_items, folder_items
+    from swapwatch.engines.deepfake import FAKE, REAL, dfdc_items, ffpp_items, folder_items
 
     root = Path(root)
     if not root.exists():
@@ -148,7 +147,7 @@ def dataset_items(root: Path, layout: str, *, compression: str = "c23", max_vide
 
 
 def class_warnings(items) -> list[str]:
-    from swapwatch.engines.training import FAKE
+    from swapwatch.engines.deepfake import FAKE
 
     fakes = sum(it.label == FAKE for it in items)
     reals = len(items) - fakes
@@ -164,8 +163,7 @@ def class_warnings(items) -> list[str]:
 def model_info(args, detector, window, settings) -> dict:
     from dataclasses import asdict
 
-    from swapwatch.engines.deepfake import DEFAULT_MODEL_DIR
-    from swapwatch.engines.monitor import MODEL_POLICY
+    from swapwatch.engines.deepfake import DEFAULT_MODEL_DIR, MODEL_POLICY
 
     info = detector.info
     return {"path": str(args.model or DEFAULT_MODEL_DIR), "default": args.model in (None, "default"),
@@ -228,7 +226,7 @@ def plot_report(report, out: Path) -> None:
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
-    from swapwatch.engines.evaluation import CALIBRATION_BINS, reliability_bins, roc_curve
+    from swapwatch.engines.deepfake import CALIBRATION_BINS, reliability_bins, roc_curve
     from swapwatch.plotting import png_figure
 
     scored = report.scored

@@ -52,7 +52,7 @@ class MTCNNTarget(ExportTarget):
         if args.weights_dir is not None:
             weights = args.weights_dir
         else:
-            from swapwatch.engines.registry import ensure_model
+            from swapwatch.engines.runtime import ensure_model
 
             weights = ensure_model("mtcnn")
         nets = load_mtcnn_nets(weights)
@@ -145,7 +145,7 @@ class _CheckedGraphTarget(ExportTarget):
 
     def _check_tensorrt(self, label: str, path: Path, inputs: list, reference: list, names: list[str],
                         precisions: tuple[str, ...]) -> None:
-        from swapwatch.engines.trt_backend import TensorRTEngine, engine_cache_dir
+        from swapwatch.engines.runtime import TensorRTEngine, engine_cache_dir
         from swapwatch.errors import ModelError
         from swapwatch.export.onnx_export import compare_outputs
 
@@ -262,7 +262,7 @@ class DeepfakeBenchTarget(ExportTarget):
         if checkpoint is None:
             if args.arch is None:
                 raise InputError("give --checkpoint FILE or --arch (to use the registry's deepfakebench-ARCH file)")
-            from swapwatch.engines.registry import ensure_model
+            from swapwatch.engines.runtime import ensure_model
 
             arch = ARCHS[args.arch]
             checkpoint = ensure_model(arch.registry)[arch.filename]

@@ -33,8 +33,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 def run(args: argparse.Namespace) -> int:
     from swapwatch.config import DetectorConfig
-    from swapwatch.engines.detectors import create_detector
-    from swapwatch.engines.media import IMAGE_SUFFIXES, check_file, is_image_file
+    from swapwatch.engines.faces import create_detector
+    from swapwatch.engines.runtime import IMAGE_SUFFIXES, check_file, is_image_file
 
     path = check_file(args.input)
     if args.detect_every < 1:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_image(path: Path):
-    from swapwatch.engines.media import read_image
+    from swapwatch.engines.runtime import read_image
 
     return read_image(path)
 
@@ -62,7 +62,7 @@ def _open_video(path: Path):
     """Video info and a frame iterator whose first frame has already been decoded (so 0 frames fails here)."""
     import itertools
 
-    from swapwatch.engines.media import iter_video, probe_video
+    from swapwatch.engines.runtime import iter_video, probe_video
 
     info = probe_video(path)
     frames = iter_video(path)
@@ -73,7 +73,7 @@ def _open_video(path: Path):
 def _run_image(args, path: Path, image, detector) -> int:
     import cv2
 
-    from swapwatch.engines.draw import draw_faces
+    from swapwatch.engines.faces import draw_faces
 
     faces = detector.detect(image)
     if args.json:
@@ -96,8 +96,7 @@ def _run_image(args, path: Path, image, detector) -> int:
 def _run_video(args, path: Path, info, frames, detector) -> int:
     from tqdm import tqdm
 
-    from swapwatch.engines.draw import VideoWriter, draw_faces
-    from swapwatch.engines.tracking import FACE_SMOOTHING, FaceTracker, KeyframeTracker
+    from swapwatch.engines.faces import FACE_SMOOTHING, FaceTracker, KeyframeTracker, VideoWriter, draw_faces
 
     tracker = KeyframeTracker(detector, FaceTracker(smoothing=None if args.no_smooth else FACE_SMOOTHING),
                               k=args.detect_every)

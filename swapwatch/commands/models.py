@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _install(args: argparse.Namespace) -> int:
-    from swapwatch.engines import registry as reg
+    from swapwatch.engines.runtime import registry as reg
 
     dest = reg.install_file(args.name, args.source, args.filename)
     print(f"{reg.get_entry(args.name).name}: installed {dest}")
@@ -56,7 +56,7 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from swapwatch.engines import registry as reg
+    from swapwatch.engines.runtime import registry as reg
 
     rows = []
     for entry in reg.REGISTRY.values():
@@ -85,7 +85,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from swapwatch.engines import registry as reg
+    from swapwatch.engines.runtime import registry as reg
 
     if args.all and args.names:
         raise InputError("give model names or --all, not both")
@@ -102,7 +102,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from swapwatch.engines import registry as reg
+    from swapwatch.engines.runtime import registry as reg
 
     explicit = bool(args.names)
     entries = [reg.get_entry(n) for n in args.names] if explicit else list(reg.REGISTRY.values())
@@ -122,7 +122,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _path(args: argparse.Namespace) -> int:
-    from swapwatch.engines import registry as reg
+    from swapwatch.engines.runtime import registry as reg
 
     entry = reg.get_entry(args.name)
     if args.file is None and len(entry.files) > 1:

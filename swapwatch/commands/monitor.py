@@ -13,8 +13,7 @@ from swapwatch.commands.options import add_deepfake_options, deepfake_config
 from swapwatch.errors import InputError
 
 if TYPE_CHECKING:
-    from swapwatch.engines.alerts import AlertEvent
-    from swapwatch.engines.monitor import DeepfakeScorer
+    from swapwatch.engines.deepfake import AlertEvent, DeepfakeScorer
 
 log = logging.getLogger("swapwatch.monitor")
 
@@ -49,9 +48,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 def run(args: argparse.Namespace, *, deepfake: DeepfakeScorer | None = None) -> int:
     """Run the command; ``deepfake`` replaces the scorer that ``--deepfake-model`` names (tests)."""
     from swapwatch.config import DetectorConfig
-    from swapwatch.engines.detectors import create_detector
-    from swapwatch.engines.monitor import FrameMonitor, MonitorConfig, MonitorOverlay
-    from swapwatch.engines.tracking import FACE_SMOOTHING, FaceTracker, KeyframeTracker
+    from swapwatch.engines.deepfake import FrameMonitor, MonitorConfig, MonitorOverlay
+    from swapwatch.engines.faces import FACE_SMOOTHING, FaceTracker, KeyframeTracker, create_detector
     from swapwatch.stream.ingest import IngestConfig, VideoSource, WebsocketForwarder
 
     if args.every < 1 or args.watermark_every < 1:
@@ -121,7 +119,7 @@ def run(args: argparse.Namespace, *, deepfake: DeepfakeScorer | None = None) -> 
 
 
 def _writer(path: str, source):
-    from swapwatch.engines.draw import VideoWriter
+    from swapwatch.engines.faces import VideoWriter
 
     return VideoWriter(Path(path), source.fps, source.width, source.height)
 

@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
     from swapwatch.config import Config, DetectorConfig, ServerConfig, TrackingConfig
     from swapwatch.engines.deepfake import create_deepfake_detector
-    from swapwatch.engines.detectors import create_detector
-    from swapwatch.engines.swappers import create_swapper
+    from swapwatch.engines.faces import create_detector
+    from swapwatch.engines.swap import create_swapper
     from swapwatch.errors import InputError
     from swapwatch.stream.server import SwapwatchServer
 

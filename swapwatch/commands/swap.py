@@ -45,12 +45,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 def run(args: argparse.Namespace) -> int:
     from swapwatch.config import DetectorConfig
-    from swapwatch.engines.detectors import create_detector
-    from swapwatch.engines.labelling import LabelConfig, LabellingConfig, SyntheticLabeller
-    from swapwatch.engines.media import IMAGE_SUFFIXES, check_file, is_image_file, read_image
-    from swapwatch.engines.pipeline import SwapOptions, SwapPipeline
-    from swapwatch.engines.selection import DEFAULT_SOURCE, FaceSelection
-    from swapwatch.engines.swappers import create_swapper
+    from swapwatch.engines.faces import create_detector
+    from swapwatch.engines.runtime import IMAGE_SUFFIXES, check_file, is_image_file, read_image
+    from swapwatch.engines.swap import (
+        DEFAULT_SOURCE, FaceSelection, LabelConfig, LabellingConfig, SwapOptions, SwapPipeline, SyntheticLabeller,
+        create_swapper,
+    )
 
     target = check_file(args.target)
     output = Path(args.output)
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_output(output: Path, target: Path, as_image: bool) -> None:
     """The output can be written and fits the target, checked before any model loads."""
-    from swapwatch.engines.media import IMAGE_SUFFIXES, VIDEO_OUTPUT_SUFFIXES
+    from swapwatch.engines.runtime import IMAGE_SUFFIXES, VIDEO_OUTPUT_SUFFIXES
     if output.resolve() == target.resolve():
         raise InputError("--output must differ from --target (the input is never overwritten)")
     folder = output.parent
@@ -101,7 +101,7 @@ def _check_output(output: Path, target: Path, as_image: bool) -> None:
 
 def _judge_source(path: Path, image, detector, *, accept: bool) -> None:
     """Stop on a source photo that would give a broken swap (unless ``accept``); print its other problems."""
-    from swapwatch.engines.source_quality import judge_source
+    from swapwatch.engines.swap import judge_source
 
     quality = judge_source(image, detector.detect(image))
     if quality.measures is None:  # no face: nothing to swap from, --accept-source or not
@@ -132,8 +132,8 @@ def _parse_sources(values: list[str], selection, default_key: str) -> dict[str, 
 
 
 def _load_parser(args):
-    from swapwatch.engines.parsing import FaceParser
-    from swapwatch.engines.registry import ensure_model
+    from swapwatch.engines.runtime import ensure_model
+    from swapwatch.engines.swap import FaceParser
 
     checkpoint = next(iter(ensure_model("bisenet-faceparsing").values()))
     return FaceParser.from_checkpoint(checkpoint, device=args.device)
@@ -142,7 +142,7 @@ def _load_parser(args):
 def _swap_image(pipeline, target: Path, output: Path) -> int:
     import cv2
 
-    from swapwatch.engines.media import read_image
+    from swapwatch.engines.runtime import read_image
 
     result = pipeline.process(read_image(target), 0.0)
     if not result.faces:
@@ -154,7 +154,7 @@ def _swap_image(pipeline, target: Path, output: Path) -> int:
 
 
 def _swap_video(pipeline, target: Path, output: Path) -> int:
-    from swapwatch.engines.media import transcode_video
+    from swapwatch.engines.runtime import transcode_video
 
     counts = {"frames": 0, "with_faces": 0, "swapped": 0}
 

@@ -111,7 +111,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 def config_from_args(args: argparse.Namespace):
     """The (TrainConfig, DataSpec) a command line asks for."""
-    from swapwatch.engines.training import DataSpec, TrainConfig
+    from swapwatch.engines.deepfake import DataSpec, TrainConfig
 
     spec = DataSpec(real=tuple(args.data_real), fake=tuple(args.data_fake), layout=args.layout,
                     datasets=tuple(args.data), use_assets=args.use_assets, assets_dir=args.assets,
@@ -133,7 +133,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from swapwatch.engines.training import train
+    from swapwatch.engines.deepfake import train
 
     config, spec = config_from_args(args)
     result = train(config, spec, resume=args.resume)
