@@ -39,10 +39,10 @@ def yunet_onnx(shared_assets) -> Path:
 
 @pytest.fixture(scope="module")
 def detector(yunet_onnx):
-    """YuNet with its defaults, the detector the server and clients use (files may override it)."""
+    """YuNet with its defaults on ONNX Runtime's CPU provider, the detector the server and clients use here."""
     from swapwatch.engines.faces import YuNetDetector
 
-    return YuNetDetector(yunet_onnx)
+    return YuNetDetector(yunet_onnx, backend="onnxruntime", device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from swapwatch.engines.faces import (
-    ARCFACE_112, FFHQ_512, INSWAPPER_128, SIMSWAP_224, YuNetDetector, align_face, estimate_alignment, ffhq_template,
+    ARCFACE_112, FFHQ_512, INSWAPPER_128, SIMSWAP_224, align_face, estimate_alignment, ffhq_template,
     transform_points, warp_back,
 )
 from swapwatch.engines.swap import (
@@ -15,13 +15,6 @@ from swapwatch.engines.swap import (
 )
 
 TEMPLATE = ffhq_template(256)
-
-
-@pytest.fixture(scope="module")
-def detector(yunet_onnx) -> YuNetDetector:
-    if not yunet_onnx.is_file():
-        pytest.skip(f"{yunet_onnx} missing")
-    return YuNetDetector(yunet_onnx, backend="onnxruntime", device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from swapwatch.engines.faces import YuNetDetector, align_face, warp_back
+from swapwatch.engines.faces import align_face, warp_back
 from swapwatch.engines.swap import ClassicSwapper, SourceIdentity, Swapper, paste_back
 
 SOURCE = "max_Chris.jpeg"
 SOURCE_FOR_SOURCE = "max_Luciano.png"  # the source photo as a target gets another identity
-
-
-@pytest.fixture(scope="module")
-def detector(yunet_onnx) -> YuNetDetector:
-    if not yunet_onnx.is_file():
-        pytest.skip(f"{yunet_onnx} missing")
-    return YuNetDetector(yunet_onnx, backend="onnxruntime", device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,6 @@ OPENCV_EVERY = 5
 
 
 @pytest.fixture(scope="module")
-def detector(yunet_onnx) -> YuNetDetector:
-    return YuNetDetector(yunet_onnx, backend="onnxruntime", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def opencv_yunet(yunet_onnx):
     """OpenCV's reference implementation with our thresholds, one instance per input size."""
     made: dict[tuple[int, int], cv2.FaceDetectorYN] = {}
