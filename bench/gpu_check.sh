@@ -131,7 +131,7 @@ from swapwatch.engines.faces.align import align_face
 from swapwatch.engines.bench.benchmark import default_clips, default_source_photo
 from swapwatch.engines.deepfake.detector import DeepfakeDetector, crop_faces, to_input
 from swapwatch.engines.faces.detectors import create_detector
-from swapwatch.engines.swap.device_path import fp16_check
+from swapwatch.engines.swap.device_generator import fp16_check
 from swapwatch.engines.runtime.media import read_image
 from swapwatch.engines.swap.simswap import SimSwapSwapper
 from swapwatch.export.arcface import ResNet

@@ -6,7 +6,9 @@
 - ``parsing``, ``blend``: masks, colour match and paste-back; ``labelling``: the SYNTHETIC badge and the
   invisible watermark.
 - ``pipeline``: a frame's path on the CPU (detect, track, align, swap, paste, label); ``device_path``: the same
-  for a batch of frames with the frame kept on the device.
+  for a batch of frames with the frame kept on the device (batching, scheduling, uploads and downloads), with
+  ``device_ops`` (its tensor kernels: Lab colour match, warp grids, badge and watermark) and
+  ``device_generator`` (the generator on the device, CUDA graphs, the fp16 check).
 
 Uses ``runtime`` and ``faces``; knows nothing of deepfake detection or the benchmark.
 """
@@ -19,10 +21,11 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "lab_stats": "blend", "match_colour": "blend", "paste_back": "blend", "paste_roi": "blend",
     "poisson_paste": "blend", "to_lab": "blend",
     "ClassicSwapper": "classic",
+    "fp16_check": "device_generator",
+    "bgr_to_lab_torch": "device_ops", "lab_to_bgr_torch": "device_ops", "match_colour_torch": "device_ops",
     "DEVICE_PATH_MODES": "device_path", "DEVICE_PATH_STAGES": "device_path", "DeviceFramePath": "device_path",
     "DevicePathConfig": "device_path", "FaceJob": "device_path", "FrameJob": "device_path",
-    "bgr_to_lab_torch": "device_path", "create_device_path": "device_path", "fp16_check": "device_path",
-    "lab_to_bgr_torch": "device_path", "match_colour_torch": "device_path", "resolve_device_path": "device_path",
+    "create_device_path": "device_path", "resolve_device_path": "device_path",
     "ArcFaceEmbedder": "identity", "normed": "identity",
     "InswapperSwapper": "inswapper", "read_emap": "inswapper",
     "LabelConfig": "labelling", "LabellingConfig": "labelling", "SyntheticLabeller": "labelling",

@@ -4,6 +4,9 @@ device, download each frame once. Written in torch, so the same code runs on CPU
 One :class:`DeviceFramePath` serves a batch of frames from any number of sessions (frames of several sizes
 are grouped by size). For each face the caller gives its 5 landmarks and its source identity
 (:class:`FaceJob`, or :meth:`FrameJob.from_plan` from a :class:`~swapwatch.engines.swap.pipeline.SwapPlan`).
+This module batches and schedules; the generator wrapper, its CUDA graphs and the fp16 check are in
+:mod:`~swapwatch.engines.swap.device_generator`, the tensor kernels (Lab colour match, warp grids, badge and
+watermark arithmetic) in :mod:`~swapwatch.engines.swap.device_ops`.
 
 Per batch, on the path's device:
 
@@ -55,39 +58,36 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from swapwatch.engines.faces import CropTemplate, inverse_matrix, template_errors
 from swapwatch.engines.swap.blend import FeatherMask, paste_roi
+from swapwatch.engines.swap.device_generator import DeviceGenerator, Fp16Report, GraphedModule, fp16_check
+from swapwatch.engines.swap.device_ops import (
+    add_watermark, draw_badge, match_colour_torch, warp_grid, watermark_operators,
+)
 from swapwatch.engines.swap.labelling import SyntheticLabeller
 from swapwatch.engines.swap.swapper import SourceIdentity, Swapper
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "DEVICE_PATH_MODES",
     "DEVICE_PATH_STAGES",
     "DeviceBatchResult",
     "DeviceFramePath",
-    "DeviceGenerator",
     "DevicePathConfig",
     "FaceJob",
-    "Fp16Report",
     "FrameJob",
-    "bgr_to_lab_torch",
     "create_device_path",
-    "fp16_check",
-    "lab_to_bgr_torch",
-    "match_colour_torch",
     "resolve_device_path",
     "swapper_device",
 ]
@@ -96,8 +96,6 @@ __all__ = [
 DEVICE_PATH_STAGES = ("upload", "align", "swap", "paste", "label", "download")
 PRECISIONS = ("fp32", "fp16", "auto")
 DEVICE_PATH_MODES = ("auto", "on", "off")  # serve's --device-path
-# OpenCV's fixed-point BGR -> gray for uint8 (imgproc/color_rgb: 15-bit coefficients, rounding shift).
-_GRAY_B, _GRAY_G, _GRAY_R, _GRAY_SHIFT = 3735.0, 19235.0, 9798.0, 15
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,325 +173,6 @@ class DeviceBatchResult:
 
 
 # --------------------------------------------------------------------------------------------------
-# Generators on the device
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class DeviceGenerator:
-    """A swap generator as torch code, with SimSwap's and inswapper's contract: ``module(target, latent)``,
-    target (N, 3, S, S) RGB in [0, 1], latent (N, D) float32, output (N, 3, S, S) RGB in [0, 1].
-
-    ``latent(source)`` gives a source's identity vector (default: ``source.embedding``).
-    """
-
-    module: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    latent: Callable[[SourceIdentity], np.ndarray] | None = None
-
-    @classmethod
-    def for_swapper(cls, swapper: Swapper) -> DeviceGenerator | None:
-        """The swapper's generator as a torch module when it has one, else None (NumPy fallback).
-
-        Known: a ``device_generator()`` method on the swapper (the hook swappers can add), and
-        :class:`~swapwatch.engines.swap.simswap.SimSwapSwapper` built on a :class:`TorchEngine`
-        (``from_modules`` / ``from_checkpoints``)."""
-        hook = getattr(swapper, "device_generator", None)
-        if callable(hook):
-            return hook()
-        from swapwatch.engines.runtime import TorchEngine
-        from swapwatch.engines.swap.simswap import SimSwapSwapper
-
-        if isinstance(swapper, SimSwapSwapper) and isinstance(swapper.generator, TorchEngine):
-            return cls(swapper.generator.module, swapper._latent)
-        return None
-
-    def latents(self, sources: Sequence[SourceIdentity]) -> np.ndarray:
-        get = self.latent or (lambda s: np.asarray(s.embedding, dtype=np.float32))
-        return np.stack([np.asarray(get(s), dtype=np.float32) for s in sources])
-
-
-class _GraphedModule:
-    """CUDA-graph replay of ``module(target, latent)`` for fixed shapes: the face count is padded up to a
-    power of two (repeating the last face), one graph per (bucket, shape, dtype). CUDA only."""
-
-    def __init__(self, module: Callable[..., torch.Tensor], autocast_dtype: torch.dtype | None) -> None:
-        self.module = module
-        self.autocast_dtype = autocast_dtype
-        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        self.failed: str | None = None  # why capture failed; eager from then on
-
-    def _eager(self, target: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-        if self.autocast_dtype is None:
-            return self.module(target, latent)
-        # CUDA graphs need autocast's weight-cast cache off (the casts must be captured in the graph).
-        with torch.autocast("cuda", dtype=self.autocast_dtype, cache_enabled=False):
-            return self.module(target, latent)
-
-    def __call__(self, target: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-        if self.failed is None:
-            try:
-                return self._replay(target, latent)
-            except RuntimeError as exc:  # an op that cannot be captured: say so once, run eagerly
-                self.failed = str(exc).splitlines()[0]
-                log.warning("CUDA graph capture of the generator failed (%s): running it eagerly", self.failed)
-                torch.cuda.synchronize()
-        return self._eager(target, latent)
-
-    def _replay(self, target: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-        n = target.shape[0]
-        bucket = 1 << max(n - 1, 0).bit_length()
-        key = (bucket, tuple(target.shape[1:]), tuple(latent.shape[1:]), target.dtype)
-        entry = self._graphs.get(key)
-        if entry is None:
-            static_t = target.new_zeros((bucket, *target.shape[1:]))
-            static_l = latent.new_zeros((bucket, *latent.shape[1:]))
-            static_t[:n], static_t[n:] = target, target[-1:]
-            static_l[:n], static_l[n:] = latent, latent[-1:]
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up outside capture (cuDNN autotuning, allocator pools)
-                for _ in range(3):
-                    self._eager(static_t, static_l)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self._eager(static_t, static_l)
-            entry = (graph, static_t, static_l, static_out)
-            self._graphs[key] = entry
-            log.info("captured a CUDA graph for the generator: %s", key)
-        graph, static_t, static_l, static_out = entry
-        static_t[:n].copy_(target)
-        static_l[:n].copy_(latent)
-        if n < bucket:
-            static_t[n:].copy_(target[-1:].expand_as(static_t[n:]))
-            static_l[n:].copy_(latent[-1:].expand_as(static_l[n:]))
-        graph.replay()
-        return static_out[:n].clone()
-
-
-# --------------------------------------------------------------------------------------------------
-# fp16 check
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Fp16Report:
-    max_abs_err: float  # max |fp32 - reduced| over the outputs (in the outputs' units)
-    mean_abs_err: float
-    passed: bool  # finite, max and mean within their tolerances
-    diff_image: np.ndarray  # uint8 (H, 3W, 3) BGR: fp32 output | reduced output | heat map of |diff| x gain
-    dtype: str  # "float16" (CUDA) or "bfloat16" (CPU)
-    device: str
-    tolerance: float
-    mean_tolerance: float
-    reason: str = ""  # why it failed, or a note (e.g. CPU runs bfloat16)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"max_abs_err": self.max_abs_err, "mean_abs_err": self.mean_abs_err, "passed": self.passed,
-                "dtype": self.dtype, "device": self.device, "tolerance": self.tolerance,
-                "mean_tolerance": self.mean_tolerance, "reason": self.reason}
-
-
-def _first_tensor(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    if isinstance(out, dict) and out:
-        return _first_tensor(next(iter(out.values())))
-    raise TypeError(f"expected a tensor output, got {type(out).__name__}")
-
-
-def _device_of(module_or_fn: Any, inputs: Sequence[Any]) -> torch.device:
-    for t in inputs:
-        if isinstance(t, torch.Tensor):
-            return t.device
-    if isinstance(module_or_fn, torch.nn.Module):
-        for p in module_or_fn.parameters():
-            return p.device
-    return torch.device("cpu")
-
-
-def _to_image(t: torch.Tensor) -> np.ndarray:
-    """First sample of an output as a displayable (H, W, 3) float array in [0, 1]: (N, C, H, W) images
-    (RGB assumed for C = 3, shown as BGR), other shapes as a grey (rows, columns) image."""
-    x = t.detach().float().cpu()
-    if x.ndim == 4:
-        img = x[0]
-        img = img[:3] if img.shape[0] >= 3 else img[:1].expand(3, -1, -1)
-        arr = img.permute(1, 2, 0).numpy()[..., ::-1]
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < 0.0 or hi > 1.0:  # not a [0, 1] image: stretch for display
-            arr = (arr - lo) / max(hi - lo, 1e-12)
-        return np.ascontiguousarray(arr)
-    flat = x.reshape(x.shape[0], -1) if x.ndim >= 2 else x.reshape(1, -1)
-    arr = flat.numpy()
-    arr = (arr - arr.min()) / max(float(arr.max() - arr.min()), 1e-12)
-    return np.repeat(arr[..., None], 3, axis=2)
-
-
-def _heat(diff: torch.Tensor, gain: float) -> np.ndarray:
-    x = diff.detach().float().cpu()
-    if x.ndim == 4:
-        d = x[0].abs().amax(dim=0).numpy()
-    else:
-        d = (x.reshape(x.shape[0], -1) if x.ndim >= 2 else x.reshape(1, -1)).abs().numpy()
-    d = np.nan_to_num(d, nan=1.0, posinf=1.0)
-    heat = np.clip(d * gain * 255.0, 0, 255).astype(np.uint8)
-    return cv2.applyColorMap(heat, cv2.COLORMAP_INFERNO)
-
-
-def fp16_check(
-    module_or_fn: Callable[..., Any],
-    example_inputs: Sequence[Any],
-    *,
-    tolerance: float = 0.05,
-    mean_tolerance: float = 0.005,
-    mode: str = "autocast",
-    dtype: torch.dtype | None = None,
-    gain: float = 20.0,
-) -> Fp16Report:
-    """Run ``module_or_fn(*example_inputs)`` in fp32 and in reduced precision and compare the outputs.
-
-    ``mode="autocast"`` runs the same module under ``torch.autocast`` (works for any callable);
-    ``mode="half"`` converts a copy of an ``nn.Module`` and the floating inputs to the reduced dtype (what a
-    ``TorchEngine(half=True)`` does). The tolerances are for outputs in [0, 1] (SimSwap's and inswapper's):
-    by default the check passes when the outputs are finite, ``max |fp32 - fp16| <= 0.05`` (~13 8-bit levels
-    at the worst pixel) and the mean is ``<= 0.005`` (~1.3 levels). The failure fp16 swappers are known for
-    (green or melted faces: overflow in a normalisation) gives infinities or errors near 1.
-
-    On CUDA the reduced dtype is float16. On CPU it is bfloat16 (``dtype`` overrides): CPU float16 kernels
-    are missing or slow for many ops, while CPU autocast supports bfloat16, so the check still exercises the
-    whole comparison there; bfloat16 keeps 8 mantissa bits against float16's 11, so it fails sooner. The device
-    path never switches to reduced precision on CPU, whatever this says.
-
-    ``diff_image``: the first sample's fp32 output, reduced output, and heat map of their largest per-pixel
-    channel difference x ``gain`` (x 20: 0.05 -> full scale), side by side, uint8 BGR.
-    """
-    if mode not in ("autocast", "half"):
-        raise ValueError("mode must be 'autocast' or 'half'")
-    device = _device_of(module_or_fn, example_inputs)
-    if dtype is None:
-        dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    reason = "" if device.type == "cuda" else f"CPU: checked with {str(dtype).replace('torch.', '')}"
-    with torch.inference_mode():
-        ref = _first_tensor(module_or_fn(*example_inputs)).float()
-        if mode == "autocast":
-            with torch.autocast(device.type, dtype=dtype):
-                low = _first_tensor(module_or_fn(*example_inputs))
-        else:
-            if not isinstance(module_or_fn, torch.nn.Module):
-                raise TypeError("mode='half' needs an nn.Module (a copy is converted)")
-            reduced = copy.deepcopy(module_or_fn).to(dtype)
-            args = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-                    for a in example_inputs]
-            low = _first_tensor(reduced(*args))
-        low = low.float()
-    diff = (ref - low).abs()
-    finite = bool(torch.isfinite(low).all())
-    max_err = float(diff.max()) if diff.numel() else 0.0
-    mean_err = float(diff.mean()) if diff.numel() else 0.0
-    passed = finite and max_err <= tolerance and mean_err <= mean_tolerance
-    if not finite:
-        reason = "; ".join(r for r in (reason, "non-finite values in the reduced-precision output") if r)
-    elif not passed:
-        over = f"max {max_err:.4g} / mean {mean_err:.4g} over tolerance {tolerance:g} / {mean_tolerance:g}"
-        reason = "; ".join(r for r in (reason, over) if r)
-    a, b = _to_image(ref), _to_image(torch.nan_to_num(low, nan=0.0, posinf=1.0, neginf=0.0))
-
-    def to_u8(x: np.ndarray) -> np.ndarray:
-        return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-
-    heat = _heat(ref - low, gain)
-    if heat.shape[:2] != a.shape[:2]:
-        heat = cv2.resize(heat, (a.shape[1], a.shape[0]), interpolation=cv2.INTER_NEAREST)
-    image = np.concatenate([to_u8(a), to_u8(b), heat], axis=1)
-    return Fp16Report(max_err if finite else math.inf, mean_err if finite else math.inf, passed, image,
-                      str(dtype).replace("torch.", ""), device.type, tolerance, mean_tolerance, reason)
-
-
-# --------------------------------------------------------------------------------------------------
-# Lab colour transfer in torch (blend.to_lab / lab_stats / transfer_lab / from_lab)
-# --------------------------------------------------------------------------------------------------
-
-# OpenCV's sRGB D65 matrices and white point (imgproc/color_lab.cpp: sRGB2XYZ_D65, XYZ2sRGB_D65, D65).
-_RGB2XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
-_XYZ2RGB = ((3.240479, -1.53715, -0.498535), (-0.969256, 1.875991, 0.041556), (0.055648, -0.204043, 1.057311))
-_WHITE = (0.950456, 1.0, 1.088754)
-_LAB_T = 0.008856  # (6/29)^3 as OpenCV writes it
-
-
-def _srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
-    return torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055).clamp_min(0) ** 2.4)
-
-
-def _linear_to_srgb(c: torch.Tensor) -> torch.Tensor:
-    return torch.where(c <= 0.0031308, c * 12.92, 1.055 * c.clamp_min(0) ** (1.0 / 2.4) - 0.055)
-
-
-def bgr_to_lab_torch(bgr: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) BGR float in [0, 255] -> float Lab (L 0..100), as ``cv2.COLOR_BGR2Lab`` on float32 [0, 1]
-    (:func:`swapwatch.engines.swap.blend.to_lab`)."""
-    rgb = _srgb_to_linear(bgr.flip(1) / 255.0)
-    m = torch.tensor(_RGB2XYZ, dtype=bgr.dtype, device=bgr.device)
-    white = torch.tensor(_WHITE, dtype=bgr.dtype, device=bgr.device).view(1, 3, 1, 1)
-    xyz = torch.einsum("ij,njhw->nihw", m, rgb) / white
-    f = torch.where(xyz > _LAB_T, xyz.clamp_min(0) ** (1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
-    y = xyz[:, 1:2]
-    lum = torch.where(y > _LAB_T, 116.0 * f[:, 1:2] - 16.0, 903.3 * y)
-    a = 500.0 * (f[:, 0:1] - f[:, 1:2])
-    b = 200.0 * (f[:, 1:2] - f[:, 2:3])
-    return torch.cat([lum, a, b], dim=1)
-
-
-def lab_to_bgr_torch(lab: torch.Tensor) -> torch.Tensor:
-    """Float Lab (N, 3, H, W) -> BGR float in [0, 255], rounded and clipped as
-    :func:`swapwatch.engines.swap.blend.from_lab` does."""
-    lum, a, b = lab[:, 0:1], lab[:, 1:2], lab[:, 2:3]
-    low = lum <= 8.0  # OpenCV: L <= 903.3 * 0.008856
-    y = torch.where(low, lum / 903.3, ((lum + 16.0) / 116.0) ** 3)
-    fy = torch.where(low, 7.787 * y + 16.0 / 116.0, (lum + 16.0) / 116.0)
-    fx = a / 500.0 + fy
-    fz = fy - b / 200.0
-    inv = lambda f: torch.where(f > 0.206893, f**3, (f - 16.0 / 116.0) / 7.787)
-    white = torch.tensor(_WHITE, dtype=lab.dtype, device=lab.device).view(1, 3, 1, 1)
-    xyz = torch.cat([inv(fx), y, inv(fz)], dim=1) * white
-    m = torch.tensor(_XYZ2RGB, dtype=lab.dtype, device=lab.device)
-    rgb = torch.einsum("ij,njhw->nihw", m, xyz).clamp(0.0, 1.0)
-    bgr = _linear_to_srgb(rgb).clamp(0.0, 1.0).flip(1)
-    return torch.round(bgr * 255.0)
-
-
-def _masked_stats(lab: torch.Tensor, support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image, per-channel mean and population std (N, 3) over ``support`` (N, 1, H, W) 0/1."""
-    count = support.sum(dim=(2, 3)).clamp_min(1.0)
-    mean = (lab * support).sum(dim=(2, 3)) / count
-    var = (((lab - mean[..., None, None]) ** 2) * support).sum(dim=(2, 3)) / count
-    return mean, var.sqrt()
-
-
-def _colour_support(masks: torch.Tensor) -> torch.Tensor:
-    """blend.colour_support on (N, 1, S, S) masks: mask >= 0.5, or > 0 where that is empty."""
-    inner = masks >= 0.5
-    empty = ~inner.flatten(1).any(dim=1)
-    if bool(empty.any()):
-        inner = torch.where(empty.view(-1, 1, 1, 1), masks > 0, inner)
-    return inner.to(masks.dtype)
-
-
-def match_colour_torch(crops: torch.Tensor, references: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """:func:`swapwatch.engines.swap.blend.match_colour` for a batch on any device: crops and references
-    (N, 3, S, S) BGR float in [0, 255], masks (N, 1, S, S); returns the transferred crops, rounded."""
-    support = _colour_support(masks)
-    src, ref = bgr_to_lab_torch(crops), bgr_to_lab_torch(references)
-    mu_s, sd_s = _masked_stats(src, support)
-    mu_r, sd_r = _masked_stats(ref, support)
-    gain = sd_r / sd_s.clamp_min(1e-3)
-    offset = mu_r - mu_s * gain
-    return lab_to_bgr_torch(src * gain[..., None, None] + offset[..., None, None])
-
-
-# --------------------------------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------------------------------
 
@@ -530,32 +209,6 @@ class _StageClock:
         for name, start, end in self._pairs:
             out[name] = out.get(name, 0.0) + start.elapsed_time(end) / 1000.0
         return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Sampling grids
-# --------------------------------------------------------------------------------------------------
-
-
-def _normaliser(hw: tuple[int, int]) -> np.ndarray:
-    """Pixel coordinates (centres at integers) -> grid_sample's align_corners=False [-1, 1] (align.py's)."""
-    h, w = hw
-    return np.array([[2.0 / w, 0.0, 1.0 / w - 1.0], [0.0, 2.0 / h, 1.0 / h - 1.0], [0.0, 0.0, 1.0]])
-
-
-def _warp_grid(src_to_out: np.ndarray, src_hw: tuple[int, int], out_hw: tuple[int, int],
-               device: torch.device) -> torch.Tensor:
-    """The grid of :func:`swapwatch.engines.faces.align.affine_grid_for` (``cv2.warpAffine(src, M, out)`` for each
-    (2, 3) ``M`` in ``src_to_out``), with the tiny matrix algebra done in float64 on the host: only theta
-    (N x 2 x 3) goes to the device, and no ``torch.linalg.inv`` runs there (it synchronises on CUDA to
-    check for singular inputs)."""
-    n = src_to_out.shape[0]
-    full = np.zeros((n, 3, 3))
-    full[:, 2, 2] = 1.0
-    full[:, :2] = [inverse_matrix(m) for m in src_to_out]  # out -> src, as align._invert_affine
-    theta = _normaliser(src_hw) @ full @ np.linalg.inv(_normaliser(out_hw))
-    theta_t = torch.from_numpy(np.ascontiguousarray(theta[:, :2], dtype=np.float32)).to(device)
-    return F.affine_grid(theta_t, [n, 1, int(out_hw[0]), int(out_hw[1])], align_corners=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -794,7 +447,7 @@ class DeviceFramePath:
         for f in g.faces:
             per_frame[pos[f.frame]] += 1
         fmax = max(per_frame)
-        grids = _warp_grid(np.stack([f.matrix for f in g.faces]), g.hw, (size, size), self.device)
+        grids = warp_grid(np.stack([f.matrix for f in g.faces]), g.hw, (size, size), self.device)
         if fmax == 1 and all(c == 1 for c in per_frame):
             stacked = grids  # (B, S, S, 2): one face per frame
         else:
@@ -854,7 +507,7 @@ class DeviceFramePath:
                                                  report.max_abs_err, report.mean_abs_err)
             self.precision = "fp16" if half else "fp32"
         if self.cuda and self.config.cuda_graphs:
-            return _GraphedModule(module, torch.float16 if half else None)
+            return GraphedModule(module, torch.float16 if half else None)
         if half:
             def autocast_module(t: torch.Tensor, lat: torch.Tensor) -> torch.Tensor:
                 with torch.autocast("cuda", dtype=torch.float16):
@@ -924,7 +577,7 @@ class DeviceFramePath:
             inv[:, 2] -= (x0, y0)
             to_roi.append(inv)
         size = self.template.size
-        grid = _warp_grid(np.stack(to_roi), (size, size), (rh, rw), self.device)
+        grid = warp_grid(np.stack(to_roi), (size, size), (rh, rw), self.device)
         idx = torch.tensor(live, device=self.device)
         # BORDER_REPLICATE for the crop, constant 0 for the mask; the warped crop is uint8 on the CPU path.
         warped = F.grid_sample(generated[idx], grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -960,25 +613,8 @@ class DeviceFramePath:
     def _watermark_ops(self, hw: tuple[int, int]) -> tuple[torch.Tensor, ...]:
         cache = self._size_entry(hw)
         if cache.watermark is None:
-            wm = self.labeller.watermarker
-            gh, gw = wm.config.grid
-            h, w = hw
-            if h < gh or w < gw:
-                raise ValueError(f"frame {w}x{h} is smaller than the watermark grid ({gw}x{gh} cells)")
-            # Separable linear operators of cv2.resize (as labelling._resample_operator builds them):
-            # INTER_AREA frame -> grid and INTER_LINEAR grid -> frame.
-            ay = cv2.resize(np.eye(h, dtype=np.float32), (h, gh), interpolation=cv2.INTER_AREA)  # (gh, h)
-            ax = cv2.resize(np.eye(w, dtype=np.float32), (w, gw), interpolation=cv2.INTER_AREA)  # (gw, w)
-            ry = cv2.resize(np.eye(gh, dtype=np.float32), (gh, h), interpolation=cv2.INTER_LINEAR)  # (h, gh)
-            rx = cv2.resize(np.eye(gw, dtype=np.float32), (gw, w), interpolation=cv2.INTER_LINEAR)  # (w, gw)
-            ops = [ay, np.ascontiguousarray(ax.T), ry, np.ascontiguousarray(rx.T), wm.pattern]
-            cache.watermark = tuple(torch.from_numpy(np.ascontiguousarray(o)).to(self.device) for o in ops)
+            cache.watermark = watermark_operators(hw, self.labeller.watermarker, self.device)
         return cache.watermark
-
-    @staticmethod
-    def _box3(x: torch.Tensor) -> torch.Tensor:
-        """cv2.blur 3x3 with BORDER_REFLECT on (B, h, w): for a radius of 1 that border is a replicate."""
-        return F.avg_pool2d(F.pad(x[:, None], (1, 1, 1, 1), mode="replicate"), 3, stride=1)[:, 0]
 
     def _label(self, g: _Group, plans: Sequence[list[_Face]]) -> None:
         lab = self.labeller
@@ -989,23 +625,10 @@ class DeviceFramePath:
             return
         sel = torch.tensor(rows, device=self.device) if len(rows) < len(g.frames) else None
         frames = g.work if sel is None else g.work[sel]
-        if lab.label.enabled:  # VisibleLabel.draw: clip(roi * keep + paint + 0.5), truncated
-            x, y, keep, paint = self._badge(g.hw)
-            bh, bw = keep.shape[2:]
-            roi = frames[:, :, y:y + bh, x:x + bw]
-            roi.copy_(torch.floor((roi * keep + paint + 0.5).clamp_(0.0, 255.0)))
-        if lab.config.watermark_enabled:
-            cfg = lab.watermarker.config
-            ay, axt, ry, rxt, pattern = self._watermark_ops(g.hw)
-            b_, g_, r_ = frames[:, 0], frames[:, 1], frames[:, 2]
-            luma = torch.floor((b_ * _GRAY_B + g_ * _GRAY_G + r_ * _GRAY_R + float(1 << (_GRAY_SHIFT - 1)))
-                               / float(1 << _GRAY_SHIFT))  # exact in float32: sums stay below 2^24
-            grid = torch.round(ay @ luma @ axt)  # INTER_AREA to the grid, uint8 result
-            r = grid - self._box3(grid)
-            rms = torch.sqrt(self._box3(r * r))
-            amp = (cfg.strength + cfg.texture_gain * rms).clamp_(cfg.strength, cfg.max_strength)
-            delta = torch.round(ry @ (pattern * amp) @ rxt)  # (B, H, W) whole levels, as Watermarker.embed
-            frames.copy_((frames + delta[:, None]).clamp_(0.0, 255.0))
+        if lab.label.enabled:  # VisibleLabel.draw
+            draw_badge(frames, *self._badge(g.hw))
+        if lab.config.watermark_enabled:  # Watermarker.embed
+            add_watermark(frames, self._watermark_ops(g.hw), lab.watermarker.config)
         if sel is not None:
             g.work[sel] = frames
 
