@@ -39,13 +39,6 @@ def test_auc_with_ties_counts_half():
     assert math.isnan(roc_auc([0, 0], [0.1, 0.9]))
 
 
-def test_roc_auc_still_importable_from_training():
-    from swapwatch.engines.deepfake import evaluation, training
-
-    assert training.roc_auc is evaluation.roc_auc
-    assert training.roc_auc([0, 1], [0.2, 0.9]) == 1.0
-
-
 def test_roc_curve_vertices_and_trapezoid_area():
     y, s = [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]
     fpr, tpr, thr = roc_curve(y, s)

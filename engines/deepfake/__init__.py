@@ -4,7 +4,11 @@
 - ``alerts``: the alert policy (hysteresis, dwell, refractory); ``monitor``: a live stream's frames to alerts,
   with swapwatch's own watermark checked first; ``verdict``: a video's REAL/FAKE report; ``evaluation``:
   metrics on labelled sets.
-- ``training``, ``sbi`` (self-blended pseudo-fakes), ``calibration``: making a detector.
+- Making a detector: ``datasets`` (training media, identity split), ``tracks`` (face tracks cut from the media,
+  swapwatch's own swaps of them, a run's data), ``sbi`` (self-blended pseudo-fakes), ``renders`` (per-clip
+  augmentation, aligned crops, training windows), ``train_config`` (every setting of a run), ``training`` (the
+  two stages, checkpoints, export; ``train``), ``validation`` (held-out clips and metrics while training),
+  ``calibration`` (cross-fitted calibration).
 
 Uses ``runtime``, ``faces`` and ``swap`` (the watermark, swapwatch-made fakes for training).
 """
@@ -16,20 +20,22 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "AlertEvent": "alerts", "AlertPolicy": "alerts", "AlertPolicyConfig": "alerts", "EVENTS": "alerts",
     "KINDS": "alerts",
     "fit_platt": "calibration", "identity_folds": "calibration",
+    "DataSpec": "datasets", "FAKE": "datasets", "MediaItem": "datasets", "REAL": "datasets",
+    "collect_items": "datasets", "dfdc_items": "datasets", "ffpp_items": "datasets", "folder_items": "datasets",
+    "split_identities": "datasets",
     "DEFAULT_MODEL_DIR": "detector", "DeepfakeDetector": "detector", "DetectorInfo": "detector",
     "HEAD_FILE": "detector", "INFO_FILE": "detector", "SCORER_FILE": "detector", "WindowConfig": "detector",
     "create_deepfake_detector": "detector", "crop_faces": "detector", "score_video": "detector",
     "sigmoid": "detector",
     "CALIBRATION_BINS": "evaluation", "Evaluator": "evaluation", "StreamSettings": "evaluation",
-    "evaluate": "evaluation", "reliability_bins": "evaluation", "roc_curve": "evaluation",
+    "evaluate": "evaluation", "reliability_bins": "evaluation", "roc_auc": "evaluation", "roc_curve": "evaluation",
     "stream_summary": "evaluation",
     "DeepfakeScorer": "monitor", "FrameMonitor": "monitor", "MODEL_POLICY": "monitor", "MonitorConfig": "monitor",
     "MonitorOverlay": "monitor", "MonitorState": "monitor", "WATERMARK_TRACK": "monitor",
+    "pack_windows": "renders", "rotate_pairs": "renders", "sample_window": "renders",
     "BLEND_RATIOS": "sbi", "SBIConfig": "sbi", "SBIParams": "sbi", "SelfBlender": "sbi", "jpeg": "sbi",
-    "DataSpec": "training", "DetectorTrainer": "training", "FAKE": "training", "MediaItem": "training",
-    "REAL": "training", "TrainConfig": "training", "collect_items": "training", "dfdc_items": "training",
-    "ffpp_items": "training", "folder_items": "training", "pack_windows": "training", "prepare_data": "training",
-    "roc_auc": "training", "rotate_pairs": "training", "sample_window": "training", "split_identities": "training",
-    "train": "training",
+    "prepare_data": "tracks",
+    "TrainConfig": "train_config",
+    "DetectorTrainer": "training", "train": "training",
     "detect_video": "verdict", "plot_report": "verdict",
 })

@@ -116,7 +116,8 @@ def identity_folds(identities: Sequence[str], folds: int, seed: int) -> list[lis
 def cross_fit(config, data, *, stem_weights: Path | None, echo: Callable[[str], None] = print) -> Calibration:
     """Train one model per fold of ``data``'s training identities, collect its windows on the fold, and fit
     the calibration (see the module docstring). ``config`` is the final run's :class:`TrainConfig`."""
-    from swapwatch.engines.deepfake.training import DetectorTrainer, TrainingData, make_swappers
+    from swapwatch.engines.deepfake.tracks import TrainingData, make_swappers
+    from swapwatch.engines.deepfake.training import DetectorTrainer
 
     groups = identity_folds(data.train_ids, config.calibration_folds, config.seed)
     fakers = make_swappers(config.swappers) if config.swap_fakes else []

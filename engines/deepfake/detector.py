@@ -57,7 +57,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 # The scorer trains on crops warped from regions where the face is at most this much downsampled by the warp
-# (see training.TrackBuilder); a larger face is first shrunk with area averaging, as in training, because a
+# (see tracks.TrackBuilder); a larger face is first shrunk with area averaging, as in training, because a
 # bilinear warp that downsamples more than ~1.5x aliases and makes textures the scorer never saw.
 MIN_WARP_SCALE = 0.66
 

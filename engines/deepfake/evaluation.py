@@ -41,8 +41,8 @@ from swapwatch.errors import InputError
 
 if TYPE_CHECKING:
     from swapwatch.engines.deepfake.alerts import AlertPolicyConfig
+    from swapwatch.engines.deepfake.datasets import MediaItem
     from swapwatch.engines.deepfake.detector import DeepfakeDetector
-    from swapwatch.engines.deepfake.training import MediaItem
     from swapwatch.engines.faces import FaceDetector
 
 __all__ = [
@@ -330,7 +330,7 @@ class Evaluator:
     def video(self, item: MediaItem, *, threshold: float, live: bool | None = None) -> VideoResult:
         """Score one video offline; with ``live`` (default: for real videos) also count the model alerts
         the live path raises on it. An unreadable video gives verdict ERROR (its message in ``error``)."""
-        from swapwatch.engines.deepfake.training import FAKE
+        from swapwatch.engines.deepfake.datasets import FAKE
 
         label = FAKE_LABEL if item.label == FAKE else REAL_LABEL
         live = (item.label != FAKE) if live is None else live
@@ -487,7 +487,7 @@ def evaluate(items: Sequence[MediaItem], evaluator: Evaluator, *, threshold: flo
              ) -> DatasetReport:
     """Score every item, run the live path over the real ones and over ``splices`` spliced streams, and
     collect the metrics. ``progress(iterable, total, description)`` may wrap the loops (a progress bar)."""
-    from swapwatch.engines.deepfake.training import FAKE
+    from swapwatch.engines.deepfake.datasets import FAKE
 
     wrap = progress or (lambda it, total, desc: it)
     videos = [evaluator.video(item, threshold=threshold) for item in wrap(items, len(items), "videos")]
