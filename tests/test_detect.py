@@ -314,3 +314,45 @@ def test_endpoint_token_origin_and_page(detector, grid_clip):
         assert server._offline is None  # nothing was analysed, so no model was loaded
 
     with_server(detector, scenario, token="s3cret", allowed_origins=("https://ok.example",))
+
+
+# ---- verified beats guessed: swapwatch's own watermark --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def swapped_clip(grid_clip, face_photos, tmp_path_factory) -> Path:
+    """The GRID clip swapped by swapwatch itself (classic swapper, H.264): every frame carries the watermark."""
+    out = tmp_path_factory.mktemp("swapped") / "swapped.mp4"
+    source = next(p for p in face_photos if p.name == "max_Chris.jpeg")
+    result = run_cli("swap", "--source", str(source), "--target", str(grid_clip), "--output", str(out),
+                     "--model", "classic")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_a_swapwatch_swap_is_verified_fake_whatever_the_model_says(swapped_clip):
+    args = ("detect", str(swapped_clip), "--json", "--max-frames", "30", "--threshold", "1.0")
+    checked = json.loads(run_cli(*args).stdout)
+    model_only = json.loads(run_cli(*args, "--no-watermark-check").stdout)
+    # At threshold 1.0 the model's own verdict is REAL unless its score is exactly 1; the watermark decides.
+    assert model_only["verdict"] == ("FAKE" if model_only["score"] >= 1.0 else "REAL")
+    assert model_only["verified"] is False and model_only["watermark"] is None
+    assert model_only["settings"]["watermark_check"] is False
+    assert checked["verdict"] == "FAKE" and checked["verified"] is True
+    assert checked["score"] == model_only["score"]  # the model's score is reported as it is
+    wm = checked["watermark"]
+    assert wm["checked"] == 30 and wm["found"] >= 27 and wm["payload_ok"] and wm["verified"]
+    assert 0.0 <= wm["first"] <= wm["last"] <= checked["video"]["duration"]
+
+
+def test_a_real_clip_is_not_verified(grid_clip, capsys):
+    result = run_cli("detect", str(grid_clip), "--json", "--max-frames", "30")
+    doc = json.loads(result.stdout)
+    assert doc["verified"] is False and doc["watermark"]["found"] == 0 and doc["watermark"]["checked"] == 30
+    assert doc["verdict"] == ("FAKE" if doc["score"] >= doc["threshold"] else "REAL")
+
+
+def test_verified_in_the_human_output(swapped_clip, capsys):
+    assert main(["detect", str(swapped_clip), "--max-frames", "10", "--threshold", "1.0"]) == 0
+    out = capsys.readouterr().out
+    assert ": FAKE (" in out and "verified: swapwatch's watermark is in" in out

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser_util import Chromium, ServerProcess, find_chromium
+from cli_util import swapwatch_cmd
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium at /usr/bin/chromium (apt-get install chromium) "
@@ -49,6 +50,11 @@ def test_detect_page_in_chromium(clips, tmp_path):
         pytest.skip("no grid_*.mpg clip in the shared assets")
     clip = grid[0]
     faceless = make_faceless(tmp_path / "blank.mp4")
+    swapped = tmp_path / "swapped.mp4"  # swapwatch's own swap of the clip: every frame carries its watermark
+    source = clip.parent.parent / "faces" / "max_Chris.jpeg"
+    made = swapwatch_cmd("swap", "--source", str(source), "--target", str(clip), "--output", str(swapped),
+                         "--model", "classic")
+    assert made.returncode == 0, made.stderr
     notes = tmp_path / "notes.mp4"
     notes.write_text("not a video at all\n" * 50)
     token = "detect-page-token"
@@ -99,8 +105,21 @@ def test_detect_page_in_chromium(clips, tmp_path):
                                               ".getBoundingClientRect(); return [r.width, r.height]; })()")
                     assert box[0] > 300, box  # drawn across the plot, not collapsed
                     assert await page.evaluate("document.querySelectorAll('#plot line.threshold').length") == 1
+                    assert await page.evaluate("document.getElementById('verified').hidden")  # a guess, not proof
                     print("\nreport:", json.dumps({k: report[k] for k in ("verdict", "score", "tracks")}),
                           "\nscreenshot:", await page.screenshot(shot))
+
+                    # 1b. swapwatch's own swap: FAKE, VERIFIED by its watermark, whatever the model's score
+                    await page.set_input_files("#file", [swapped])
+                    await page.wait_for("!document.getElementById('analyse').disabled", timeout=5)
+                    await page.click("#analyse")
+                    await page.wait_for(f"{DT}.state === 'done' && {DT}.report.video.name === 'swapped.mp4'",
+                                        timeout=90)
+                    assert await page.evaluate(f"{DT}.report.verified") is True
+                    assert await page.evaluate("document.getElementById('verdict').textContent") == "FAKE"
+                    assert not await page.evaluate("document.getElementById('verified').hidden")
+                    line = await page.evaluate("document.getElementById('verified-line').textContent")
+                    assert "watermark" in line and "FAKE whatever" in line
 
                     # 2. a video without faces: NO FACES, no score
                     await page.set_input_files("#file", [faceless])

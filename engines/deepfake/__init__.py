@@ -37,5 +37,5 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "prepare_data": "tracks",
     "TrainConfig": "train_config",
     "DetectorTrainer": "training", "train": "training",
-    "detect_video": "verdict", "plot_report": "verdict",
+    "WatermarkEvidence": "verdict", "detect_video": "verdict", "plot_report": "verdict",
 })

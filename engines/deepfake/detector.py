@@ -469,9 +469,11 @@ def _torch_engines(pt: Path, device: str) -> tuple[Engine, Engine, DetectorInfo]
 
 def score_video(path: str | Path, detector: DeepfakeDetector, face_detector, *, detect_every: int = 1,
                 max_frames: int | None = None, window_stride: int | None = None,
-                progress: Callable[[int], None] | None = None) -> ClipScores:
+                progress: Callable[[int], None] | None = None,
+                on_frame: Callable[[np.ndarray, float], None] | None = None) -> ClipScores:
     """Detect and track faces through a video file (YuNet or any FaceDetector) and score every track.
-    ``progress(n)`` is called after each of the first n frames has been decoded and tracked."""
+    ``progress(n)`` is called after each of the first n frames has been decoded and tracked; ``on_frame(image,
+    t)`` sees every decoded frame (BGR) first, for whole-frame evidence such as the watermark."""
     from swapwatch.engines.faces import FACE_SMOOTHING, FaceTracker, KeyframeTracker
     from swapwatch.engines.runtime import iter_video
 
@@ -482,6 +484,8 @@ def score_video(path: str | Path, detector: DeepfakeDetector, face_detector, *, 
         for frame in iter_video(path):
             if max_frames is not None and frame.index >= max_frames:
                 break
+            if on_frame is not None:
+                on_frame(frame.image, frame.time)
             faces = tracker.process(frame.image, frame.time)
             if progress is not None:
                 progress(frame.index + 1)

@@ -22,14 +22,54 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from swapwatch.engines.deepfake.detector import DEFAULT_MODEL_DIR, INFO_FILE, ClipScores, DeepfakeDetector, score_video
+import numpy as np
 
+from swapwatch.engines.deepfake.detector import (
+    DEFAULT_MODEL_DIR, INFO_FILE, ClipScores, DeepfakeDetector, score_video,
+)
+from swapwatch.engines.swap import WatermarkConfig, Watermarker
 from swapwatch.errors import InputError
 
-__all__ = ["VERDICTS", "VideoReport", "detect_video", "model_info", "plot_report"]
+__all__ = ["VERDICTS", "VideoReport", "WatermarkEvidence", "detect_video", "model_info", "plot_report"]
 
 VERDICTS = ("REAL", "FAKE", "NO_FACES")
 MODEL_CARD = "MODEL_CARD.md"
+
+
+@dataclass
+class WatermarkEvidence:
+    """swapwatch's own watermark (the one every swapped frame carries) over a video's frames, as ``monitor``
+    checks it: found on at least ``min_frames`` frames (or on every frame of a shorter video), the video is a
+    verified swapwatch swap, FAKE whatever the model says. A frame's chance hit is about 1e-8 (labelling.py),
+    so two frames already make one negligible."""
+
+    watermarker: Watermarker = field(default_factory=lambda: Watermarker(WatermarkConfig()))
+    min_frames: int = 2
+    checked: int = 0
+    found: int = 0
+    first: float | None = None
+    last: float | None = None
+    payload_ok: bool = False  # the payload (swapwatch's tag and version) read back whole on some frame
+
+    def __call__(self, image: np.ndarray, t: float) -> None:
+        try:
+            result = self.watermarker.detect(image)
+        except ValueError:  # a frame smaller than the watermark's grid carries no mark
+            return
+        self.checked += 1
+        if result.found:
+            self.found += 1
+            self.first = t if self.first is None else self.first
+            self.last = t
+            self.payload_ok = self.payload_ok or result.payload_ok
+
+    @property
+    def verified(self) -> bool:
+        return self.found > 0 and self.found >= min(self.min_frames, self.checked)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"checked": self.checked, "found": self.found, "first": _r(self.first, 3), "last": _r(self.last, 3),
+                "payload_ok": self.payload_ok, "verified": self.verified}
 
 
 @dataclass
@@ -39,8 +79,10 @@ class VideoReport:
     ``windows``: one ``{"track", "start", "end", "score", "frames", "full"}`` per scored window (the window's
     first and last frame times, its probability of being fake, how many of the track's frames it holds and
     whether that is the model's whole window: a track's first windows are shorter); ``tracks``: one
-    ``{"track", "score", "verdict", "frames", "first", "last", "counted"}`` per face track (``counted``: long enough to take part in the video's score,
-    see :attr:`ClipScores.score`).
+    ``{"track", "score", "verdict", "frames", "first", "last", "counted"}`` per face track (``counted``: long
+    enough to take part in the video's score, see :attr:`ClipScores.score`); ``watermark``: the
+    :class:`WatermarkEvidence` (``None`` when not checked). ``verified``: the verdict is FAKE because swapwatch's
+    own watermark was found, whatever ``score`` says.
     """
 
     verdict: str
@@ -52,11 +94,14 @@ class VideoReport:
     model: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    watermark: dict[str, Any] | None = None
+    verified: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "score": _r(self.score), "threshold": self.threshold,
-                "windows": self.windows, "tracks": self.tracks, "video": self.video, "model": self.model,
-                "settings": self.settings, "timings": self.timings}
+        return {"verdict": self.verdict, "verified": self.verified, "score": _r(self.score),
+                "threshold": self.threshold, "watermark": self.watermark, "windows": self.windows,
+                "tracks": self.tracks, "video": self.video, "model": self.model, "settings": self.settings,
+                "timings": self.timings}
 
     def dumps(self) -> str:
         return json.dumps(self.to_json())
@@ -138,7 +183,7 @@ def model_info(detector: DeepfakeDetector, path: str | Path | None = None) -> di
 
 def detect_video(path: str | Path, *, detector: DeepfakeDetector, face_detector, detect_every: int = 1,
                  max_frames: int | None = None, window_stride: int | None = None, threshold: float | None = None,
-                 model_path: str | Path | None = None, name: str | None = None,
+                 model_path: str | Path | None = None, name: str | None = None, check_watermark: bool = True,
                  progress: Callable[[int, int | None], None] | None = None) -> VideoReport:
     """Find, track and score every face of a video file and decide REAL, FAKE or NO_FACES.
 
@@ -146,7 +191,9 @@ def detect_video(path: str | Path, *, detector: DeepfakeDetector, face_detector,
     ``max_frames``: analyse only the first N frames. ``progress(done, total)`` is called per frame (``total``
     None when the container does not say). ``model_path``: where ``detector`` was loaded from (``None`` or
     ``"default"``: the default model), for the report. ``name``: the video's name in the report (default: the
-    file's name). Raises :class:`InputError` for a missing, unreadable or still-image file.
+    file's name). ``check_watermark``: look for swapwatch's own watermark on every frame, as ``monitor`` does;
+    found (see :class:`WatermarkEvidence`), the verdict is FAKE and ``verified``, whatever the model's score.
+    Raises :class:`InputError` for a missing, unreadable or still-image file.
     """
     from swapwatch.engines.runtime import check_file, is_image_file, probe_video
 
@@ -173,15 +220,19 @@ def detect_video(path: str | Path, *, detector: DeepfakeDetector, face_detector,
             progress(n, total)
 
     started = time.perf_counter()
+    evidence = WatermarkEvidence() if check_watermark else None
     clip = score_video(path, detector, face_detector, detect_every=detect_every, max_frames=max_frames,
-                       window_stride=window_stride, progress=tick)
+                       window_stride=window_stride, progress=tick, on_frame=evidence)
     wall = time.perf_counter() - started
     if threshold is not None:
         clip.threshold = float(threshold)
     windows, tracks = _windows_and_tracks(clip, detector.window)
     fps = float(info.fps) if info.fps else 0.0
+    verified = evidence is not None and evidence.verified
     report = VideoReport(
-        verdict=clip.verdict, score=clip.score, threshold=clip.threshold, windows=windows, tracks=tracks,
+        verdict="FAKE" if verified else clip.verdict, score=clip.score, threshold=clip.threshold,
+        windows=windows, tracks=tracks, verified=verified,
+        watermark=evidence.to_json() if evidence is not None else None,
         video={"name": name, "frames": done, "frames_in_file": info.frames or None,
                "truncated": bool(max_frames is not None and done >= max_frames and info.frames != done),
                "fps": round(fps, 3), "duration": round(done / fps, 3) if fps else None,
@@ -189,7 +240,8 @@ def detect_video(path: str | Path, *, detector: DeepfakeDetector, face_detector,
         model=model_info(detector, model_path),
         settings={"face_detector": getattr(face_detector, "name", type(face_detector).__name__),
                   "detect_every": detect_every, "max_frames": max_frames,
-                  "window_stride": window_stride or detector.config.score_stride},
+                  "window_stride": window_stride or detector.config.score_stride,
+                  "watermark_check": check_watermark},
         timings={"analysis_s": round(wall, 3), "fps": round(done / wall, 2) if wall > 0 else None},
     )
     if report.verdict not in VERDICTS:  # ClipScores grew a verdict this report does not know

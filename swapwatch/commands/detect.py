@@ -18,8 +18,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "gives NO_FACES, not a guess.")
     p.add_argument("input", help="a video file (any format FFmpeg reads, GIF included)")
     p.add_argument("--json", action="store_true",
-                   help='print only a JSON object: {"verdict", "score", "threshold", "windows", "tracks", '
-                        '"video", "model", "settings", "timings"}')
+                   help='print only a JSON object: {"verdict", "verified", "score", "threshold", "watermark", '
+                        '"windows", "tracks", "video", "model", "settings", "timings"}')
     p.add_argument("--plot", metavar="OUT.png", help="write the score over time per face track as a PNG")
     p.add_argument("--model", metavar="DIR", default="default",
                    help="detector folder written by train-detector (default: the committed demonstration model; "
@@ -36,6 +36,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="score a window every S frames of each face track (default: every frame)")
     p.add_argument("--threshold", type=float, metavar="P",
                    help="call the video FAKE when its score is at least P (default: the model's own)")
+    p.add_argument("--no-watermark-check", dest="check_watermark", action="store_false",
+                   help="do not look for swapwatch's own watermark (by default a video that carries it is FAKE, "
+                        "verified, whatever the model's score)")
     return p
 
 
@@ -71,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = detect_video(path, detector=deepfake, face_detector=faces, detect_every=args.detect_every,
                               max_frames=args.max_frames, window_stride=args.window_stride,
-                              threshold=args.threshold, model_path=args.model, progress=progress)
+                              threshold=args.threshold, model_path=args.model,
+                              check_watermark=args.check_watermark, progress=progress)
     finally:
         progress.close()
     if args.plot:
@@ -119,7 +123,11 @@ def _print_human(report, warning: str | None) -> None:
     print(f"{v['name']}: {report.verdict} ({score}, threshold {report.threshold:.2f}) - {v['frames']} frames"
           f"{' (first only)' if v.get('truncated') else ''}, {duration}, {n_tracks} face track(s), "
           f"analysed in {report.timings['analysis_s']:.1f} s")
-    if report.verdict == "NO_FACES":
+    wm = report.watermark
+    if report.verified:
+        print(f"  verified: swapwatch's watermark is in {wm['found']} of {wm['checked']} frames "
+              f"({wm['first']:.2f}-{wm['last']:.2f} s): a swapwatch swap, FAKE whatever the model's score")
+    elif report.verdict == "NO_FACES":
         print("  no face was found in any analysed frame: no verdict on whether it is fake")
     for t in report.tracks:
         brief = "" if t["counted"] else " (brief track, not counted in the video's score)"
