@@ -49,11 +49,13 @@ How swapwatch uses them:
   has the same layout, but timm needs torchvision, which pins one exact torch); EfficientNet-B4 is the
   ``efficientnet_pytorch`` model itself (optional extra ``swapwatch[detectors]``; a clear error names the pip
   command when it is missing). Loading is strict: missing, unexpected and wrongly shaped keys are named.
-- :class:`DeepfakeBenchScorer` is the frame scorer graph: ``crops`` (N, 3, S, S) BGR 0..255 -> BGR->RGB,
-  ``x/127.5 - 1`` -> network -> ``features`` (N, F) (the pooled vector ``last_linear``/``last_layer`` reads)
-  and ``logits`` (N,) = ``l1 - l0``, whose sigmoid is exactly DeepfakeBench's ``softmax[:, 1]``. The crop is
-  made at the network's resolution by the runtime's warp, so the graph needs no resize.
-- :class:`MeanProbabilityHead` is the window head for such frame-only models: the mean of the frame
+- :class:`DeepfakeBenchScorer` (a ``frame_detector.TwoClassScorer``) is the frame scorer graph: ``crops``
+  (N, 3, S, S) BGR 0..255 -> BGR->RGB, ``x/127.5 - 1`` -> network -> ``features`` (N, F) (the pooled vector
+  ``last_linear``/``last_layer`` reads) and ``logits`` (N,) = ``l1 - l0``, whose sigmoid is exactly
+  DeepfakeBench's ``softmax[:, 1]``. The crop is made at the network's resolution by the runtime's warp, so
+  the graph needs no resize.
+- :class:`MeanProbabilityHead` (``frame_detector``, shared with the other released frame classifiers, as is
+  the folder writing) is the window head for such frame-only models: the mean of the frame
   probabilities over the (masked) window, returned as a logit (``log sum p - log sum (1 - p)``, computed with
   log-sigmoids so it is exact and finite for any frame logit). Probabilities rather than logits because that
   is how DeepfakeBench turns frame scores into a video score, and because a mean of probabilities bounds what
@@ -69,10 +71,8 @@ How swapwatch uses them:
 
 from __future__ import annotations
 
-import hashlib
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,17 @@ from torch import nn
 
 from swapwatch.errors import ModelError
 from swapwatch.export.checkpoints import SHOWN, read_checkpoint, state_dict_from, state_mismatch
+from swapwatch.export.frame_detector import (
+    MeanProbabilityHead, TwoClassScorer, efficientnet_class, export_head, head_parity_inputs, mean_head,
+    write_frame_detector,
+)
 from swapwatch.export.onnx_export import DETECTOR_TOLERANCE, Tolerance
+
+__all__ = [
+    "ARCHS", "DEFAULT_THRESHOLD", "DEFAULT_WINDOW", "FACE_SCALE", "FORMAT", "RESOLUTION", "DeepfakeBenchScorer",
+    "EfficientNetB4", "MeanProbabilityHead", "Xception", "build_network", "detect_arch", "export_deepfakebench",
+    "export_head", "head_parity_inputs", "load_deepfakebench", "load_torch_detector", "mean_head", "write_detector",
+]
 
 FORMAT = "deepfakebench-v1"  # ``format`` in detector.json of an exported folder
 RESOLUTION = 256  # both yamls: ``resolution: 256``
@@ -93,7 +103,6 @@ CROP_CENTRE = (56.0, 56.0)  # the margin shrinks the template about the crop's c
 DEFAULT_WINDOW = 20
 DEFAULT_THRESHOLD = 0.5  # argmax of DeepfakeBench's two logits
 LICENCE = "CC BY-NC 4.0 (DeepfakeBench: non-commercial)"
-EFFICIENTNET_PIP = "pip install 'swapwatch[detectors]'  (or: pip install efficientnet-pytorch==0.7.1)"
 
 
 @dataclass(frozen=True)
@@ -201,22 +210,10 @@ class Xception(nn.Module):
         x = self.bn4(self.conv4(x))
         return F.relu(x).mean(dim=(2, 3))  # the classifier's ReLU + global average pool
 
-    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.last_linear(pooled)
-
 
 # --------------------------------------------------------------------------------------------------
 # EfficientNet-B4 (the efficientnet_pytorch model, modified as DeepfakeBench's ``efficientnetb4.py`` does)
 # --------------------------------------------------------------------------------------------------
-
-
-def _efficientnet_class():
-    try:
-        from efficientnet_pytorch import EfficientNet
-    except ImportError as exc:
-        raise ModelError(f"DeepfakeBench's EfficientNet-B4 is built from the efficientnet-pytorch package, which "
-                         f"is not installed: {EFFICIENTNET_PIP}") from exc
-    return EfficientNet
 
 
 class EfficientNetB4(nn.Module):
@@ -226,7 +223,7 @@ class EfficientNetB4(nn.Module):
 
     def __init__(self, num_classes: int = 2) -> None:
         super().__init__()
-        net = _efficientnet_class().from_name("efficientnet-b4")
+        net = efficientnet_class("DeepfakeBench").from_name("efficientnet-b4")
         net._conv_stem = nn.Conv2d(3, 48, kernel_size=3, stride=2, bias=False)
         net._fc = nn.Identity()
         net.set_swish(memory_efficient=False)  # x * sigmoid(x) as plain ops (the autograd.Function cannot export)
@@ -235,9 +232,6 @@ class EfficientNetB4(nn.Module):
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.efficientnet.extract_features(x).mean(dim=(2, 3))
-
-    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.last_layer(pooled)
 
 
 def build_network(arch: str) -> nn.Module:
@@ -249,16 +243,13 @@ def build_network(arch: str) -> nn.Module:
 
 
 # --------------------------------------------------------------------------------------------------
-# The frame scorer and the window head
+# The frame scorer (the window head is frame_detector.MeanProbabilityHead)
 # --------------------------------------------------------------------------------------------------
 
 
-class DeepfakeBenchScorer(nn.Module):
-    """swapwatch's frame-scorer contract around a DeepfakeBench network.
-
-    ``crops`` (N, 3, S, S) float BGR 0..255 -> ``features`` (N, F), ``logits`` (N,) = ``l1 - l0`` (so
-    ``sigmoid(logits)`` is DeepfakeBench's ``softmax[:, 1]``, the probability of fake).
-    """
+class DeepfakeBenchScorer(TwoClassScorer):
+    """The frame scorer (:class:`TwoClassScorer`) around a DeepfakeBench network: ``sigmoid(logits)`` is
+    DeepfakeBench's ``softmax[:, 1]``, the probability of fake."""
 
     def __init__(self, arch: str, net: nn.Module, resolution: int = RESOLUTION) -> None:
         super().__init__()
@@ -274,50 +265,11 @@ class DeepfakeBenchScorer(nn.Module):
         """BGR 0..255 -> RGB ``(x / 255 - 0.5) / 0.5`` (DeepfakeBench's ToTensor + Normalize)."""
         return torch.flip(crops, dims=(1,)) * (1.0 / 127.5) - 1.0
 
-    def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.net.pooled(self.preprocess(crops))
-        two = self.net.classify(features)
-        return features, two[:, 1] - two[:, 0]
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.pooled(x)
 
-    def fake_direction(self) -> tuple[torch.Tensor, float]:
-        """``(w, b)`` with ``features @ w + b == logits`` (the difference of the two class rows)."""
-        layer: nn.Linear = getattr(self.net, ARCHS[self.arch].classifier)
-        w = (layer.weight[1] - layer.weight[0]).detach().clone()
-        b = float((layer.bias[1] - layer.bias[0]).detach())
-        return w, b
-
-
-def _log_sigmoid(z: torch.Tensor) -> torch.Tensor:
-    """``log(sigmoid(z))`` for any z, with ops every exporter maps exactly (no Softplus/LogSigmoid kernels)."""
-    return torch.clamp(z, max=0.0) - torch.log(1.0 + torch.exp(-torch.abs(z)))
-
-
-class MeanProbabilityHead(nn.Module):
-    """Window head of a frame-only detector: the logit of the mean frame probability over the valid frames.
-
-    ``features`` (N, W, F), ``mask`` (N, W) -> ``logits`` (N,) with
-    ``sigmoid(logits) = mean_{mask} sigmoid(features @ w + b)``, i.e.
-    ``logits = logsumexp(log p_i) - logsumexp(log (1 - p_i))`` over the valid steps (the count cancels).
-    """
-
-    def __init__(self, weight: torch.Tensor, bias: float, window: int) -> None:
-        super().__init__()
-        if window < 1:
-            raise ValueError("window must be >= 1")
-        self.window = int(window)
-        self.feature_dim = int(weight.numel())
-        self.register_buffer("weight", weight.detach().float().reshape(-1).clone())
-        self.register_buffer("bias", torch.tensor(float(bias), dtype=torch.float32))
-
-    def frame_logits(self, features: torch.Tensor) -> torch.Tensor:
-        return features @ self.weight + self.bias
-
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        z = self.frame_logits(features)
-        pad = (mask - 1.0) * 1.0e4  # 0 on valid steps, -1e4 (exp underflows to 0) on padding
-        fake = torch.logsumexp(_log_sigmoid(z) + pad, dim=1)
-        real = torch.logsumexp(_log_sigmoid(-z) + pad, dim=1)
-        return fake - real
+    def classifier(self) -> nn.Linear:
+        return getattr(self.net, ARCHS[self.arch].classifier)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -404,104 +356,24 @@ def load_deepfakebench(path: str | Path, arch: str | None = None, *, resolution:
 # --------------------------------------------------------------------------------------------------
 
 
-def scorer_parity_inputs(size: int, seed: int = 0, batches: Sequence[int] = (1, 2)) -> list[tuple[np.ndarray]]:
-    """Image-like BGR crops at several batch sizes (the detector's own parity inputs)."""
-    from swapwatch.export.deepfake import crop_parity_inputs
-
-    return crop_parity_inputs(size, seed, batches)
-
-
-def head_parity_inputs(feature_dim: int, window: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Full, short (left-padded) and one-frame windows, with garbage in the padded steps."""
-    rng = np.random.default_rng(seed)
-    sets = []
-    for n, valid in ((1, window), (3, max(window // 2, 1)), (2, 1)):
-        feats = np.abs(rng.normal(0.0, 1.0, (n, window, feature_dim))).astype(np.float32)
-        mask = np.zeros((n, window), np.float32)
-        mask[:, window - valid:] = 1.0
-        sets.append((feats, mask))
-    return sets
-
-
-def export_scorer(scorer: DeepfakeBenchScorer, path: str | Path, *, opset: int | None = None) -> Path:
-    """The scorer to ONNX with a dynamic batch (input ``crops``, outputs ``features``, ``logits``)."""
-    from swapwatch.export.onnx_export import DEFAULT_OPSET, export_onnx
-
-    size = scorer.resolution
-    return export_onnx(scorer.eval(), (torch.zeros(1, 3, size, size),), path, input_names=("crops",),
-                       output_names=("features", "logits"),
-                       dynamic_axes={"crops": {0: "batch"}, "features": {0: "batch"}, "logits": {0: "batch"}},
-                       opset=opset or DEFAULT_OPSET)
-
-
-def export_head(head: MeanProbabilityHead, path: str | Path, *, opset: int | None = None) -> Path:
-    """The window head to ONNX: dynamic batch, the window fixed (``DeepfakeDetector`` checks it)."""
-    from swapwatch.export.onnx_export import DEFAULT_OPSET, export_onnx
-
-    example = (torch.zeros(2, head.window, head.feature_dim), torch.ones(2, head.window))
-    return export_onnx(head.eval(), example, path, input_names=("features", "mask"), output_names=("logits",),
-                       dynamic_axes={"features": {0: "batch"}, "mask": {0: "batch"}, "logits": {0: "batch"}},
-                       opset=opset or DEFAULT_OPSET)
-
-
-def mean_head(scorer: DeepfakeBenchScorer, window: int) -> MeanProbabilityHead:
-    w, b = scorer.fake_direction()
-    return MeanProbabilityHead(w, b, window).eval()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_detector(scorer: DeepfakeBenchScorer, folder: str | Path, *, window: int = DEFAULT_WINDOW,
                    threshold: float = DEFAULT_THRESHOLD, face_scale: float = FACE_SCALE,
                    source: Mapping[str, Any] | None = None, tolerance: Tolerance = DETECTOR_TOLERANCE,
                    opset: int | None = None):
-    """A folder :meth:`DeepfakeDetector.load` reads: ``scorer.onnx`` and ``head.onnx`` (each checked against
-    PyTorch with ONNX Runtime, judged by ``tolerance``) and ``detector.json``. Returns its DetectorInfo."""
-    from swapwatch.engines.deepfake import HEAD_FILE, INFO_FILE, SCORER_FILE, DetectorInfo
-    from swapwatch.export.onnx_export import check_parity, parity_json
-
-    folder = Path(folder)
-    if window < 1:
-        raise ModelError("window must be >= 1")
-    if not 0.0 < threshold < 1.0:
-        raise ModelError("threshold must be a probability strictly between 0 and 1")
-    scorer = scorer.eval()
-    head = mean_head(scorer, window)
-    parity = {
-        "scorer": check_parity(scorer, export_scorer(scorer, folder / SCORER_FILE, opset=opset),
-                               scorer_parity_inputs(scorer.resolution), tolerance=tolerance),
-        "head": check_parity(head, export_head(head, folder / HEAD_FILE, opset=opset),
-                             head_parity_inputs(scorer.feature_dim, window), tolerance=tolerance),
-    }
+    """The detector folder of a DeepfakeBench scorer (:func:`write_frame_detector`); returns its DetectorInfo."""
     arch = ARCHS[scorer.arch]
-    info = DetectorInfo(
-        crop_size=scorer.resolution, face_scale=float(face_scale), window=int(window),
-        feature_dim=scorer.feature_dim, threshold=float(threshold),
-        extra={
-            "format": FORMAT,
-            "graphs_only": True,  # no detector.pt: the torch backend cannot run this folder
-            "arch": arch.name,
-            "deepfakebench_model": arch.model,
-            "crop_centre": list(CROP_CENTRE),
-            "input": {"channels": "RGB (graph flips the BGR crops)", "scale": "x/255", "mean": [0.5] * 3,
-                      "std": [0.5] * 3, "resolution": scorer.resolution},
-            "frame_logit": "l1 - l0 of DeepfakeBench's two logits (sigmoid = softmax[:, 1] = P(fake))",
-            "window_score": "mean of frame probabilities over the window (MeanProbabilityHead), as a logit",
-            "source": dict(source or {}),
-            "licence": LICENCE,
-            **parity_json(parity),
-            "sha256": {name: _sha256(folder / name) for name in (SCORER_FILE, HEAD_FILE)},
-        })
-    tmp = folder / f".{INFO_FILE}.tmp"
-    tmp.write_text(json.dumps(info.to_json(), indent=2) + "\n")
-    tmp.replace(folder / INFO_FILE)
-    return info
+    extra = {
+        "format": FORMAT,
+        "arch": arch.name,
+        "deepfakebench_model": arch.model,
+        "input": {"channels": "RGB (graph flips the BGR crops)", "scale": "x/255", "mean": [0.5] * 3,
+                  "std": [0.5] * 3, "resolution": scorer.resolution},
+        "frame_logit": "l1 - l0 of DeepfakeBench's two logits (sigmoid = softmax[:, 1] = P(fake))",
+        "source": dict(source or {}),
+        "licence": LICENCE,
+    }
+    return write_frame_detector(scorer, folder, window=window, threshold=threshold, face_scale=face_scale,
+                                crop_centre=CROP_CENTRE, extra=extra, tolerance=tolerance, opset=opset)
 
 
 def export_deepfakebench(checkpoint: str | Path, folder: str | Path, *, arch: str | None = None,
@@ -509,9 +381,11 @@ def export_deepfakebench(checkpoint: str | Path, folder: str | Path, *, arch: st
                          resolution: int = RESOLUTION, face_scale: float = FACE_SCALE,
                          tolerance: Tolerance = DETECTOR_TOLERANCE, opset: int | None = None):
     """Released checkpoint -> detector folder (see :func:`write_detector`); returns its DetectorInfo."""
+    from swapwatch.engines.runtime import sha256_file
+
     checkpoint = Path(checkpoint)
     scorer = load_deepfakebench(checkpoint, arch, resolution=resolution)
-    source = {"checkpoint": checkpoint.name, "sha256": _sha256(checkpoint),
+    source = {"checkpoint": checkpoint.name, "sha256": sha256_file(checkpoint),
               "release": f"https://github.com/SCLBD/DeepfakeBench/releases/tag/v1.0.1 ({ARCHS[scorer.arch].filename})"}
     return write_detector(scorer, folder, window=window, threshold=threshold, face_scale=face_scale,
                           source=source, tolerance=tolerance, opset=opset)

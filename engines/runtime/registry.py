@@ -179,6 +179,27 @@ _DEEPFAKEBENCH_LICENCE = "CC BY-NC 4.0 (DeepfakeBench: non-commercial)"
 _DEEPFAKEBENCH_INPUT = ("RGB 256x256, x/255 normalised with mean 0.5 and std 0.5, on DeepfakeBench's crop (5 dlib "
                         "points onto the ArcFace template with a 1.3 margin); P(fake) = softmax(logits)[:, 1]")
 
+# Self-Blended Images (mapooon/SelfBlendedImages, CVPR 2022) links its EfficientNet-B4 weights from its README to
+# Google Drive only, without hashes: the user brings the file. Its LICENSE is titled "ACADEMIC OR NON-PROFIT
+# ORGANIZATION NONCOMMERCIAL RESEARCH USE ONLY" and grants "a personal, non-exclusive, non-transferable license to use
+# the Software for noncommercial research purposes, without the right to sublicense"; its README: "Our code and
+# pretrained model are freely available for research purpose. For commercial use: A license agreement is required."
+# Read by swapwatch.export.sbi; `swapwatch export sbi` makes them a detector.
+_SBI_HOMEPAGE = "https://github.com/mapooon/SelfBlendedImages"
+_SBI_LICENCE = ('SBI: "ACADEMIC OR NON-PROFIT ORGANIZATION NONCOMMERCIAL RESEARCH USE ONLY" (commercial use needs a '
+                "licence agreement with the authors)")
+_SBI_CONTRACT = ("dict {'model': state_dict of SBI's Detector (keys 'net.*': efficientnet_pytorch's EfficientNet-B4, "
+                 "_fc 1792 -> 2), 'optimizer', 'epoch'}; RGB 380x380, x/255 (no mean/std), on a RetinaFace box grown "
+                 "by 1/8 per side and resized to a square; P(fake) = softmax(logits)[:, 1]; needs the "
+                 "efficientnet-pytorch package (swapwatch[detectors])")
+
+
+def _sbi_source(variant: str, drive_id: str, name: str) -> LocalSource:
+    return LocalSource(f"SBI's {variant} weights: the '{variant}' link under 'Pretrained model' in {_SBI_HOMEPAGE} "
+                       f"(Google Drive https://drive.google.com/file/d/{drive_id}/view); then `swapwatch models "
+                       f"install {name} FILE`")
+
+
 _ENTRIES: tuple[ModelEntry, ...] = (
     ModelEntry(
         name="mtcnn",
@@ -316,6 +337,29 @@ _ENTRIES: tuple[ModelEntry, ...] = (
         homepage="https://github.com/SCLBD/DeepfakeBench",
         description=("DeepfakeBench's EfficientNet-B4 frame detector (trained on FaceForensics++ c23); a frame "
                      "scorer after `swapwatch export deepfakebench --arch effnb4`"),
+        user_provided=True,
+    ),
+    ModelEntry(
+        name="sbi-effnb4",
+        task="deepfake-detection",
+        files=(ModelFile("FFraw.tar", _sbi_source("raw", "12sLyqBp0VFwdpA-oZLdIOkOTkz_ZnIhV", "sbi-effnb4")),),
+        licence=_SBI_LICENCE,
+        contract=_SBI_CONTRACT,
+        homepage=_SBI_HOMEPAGE,
+        description=("Self-Blended Images' EfficientNet-B4 trained on FaceForensics++ real videos only (raw; first "
+                     "released as sbi.tar; video AUC 93.82% on Celeb-DF v2 in its README); a detector folder after "
+                     "`swapwatch export sbi`"),
+        user_provided=True,
+    ),
+    ModelEntry(
+        name="sbi-effnb4-c23",
+        task="deepfake-detection",
+        files=(ModelFile("FFc23.tar", _sbi_source("c23", "1X0-NYT8KPursLZZdxduRQju6E52hauV0", "sbi-effnb4-c23")),),
+        licence=_SBI_LICENCE,
+        contract=_SBI_CONTRACT,
+        homepage=_SBI_HOMEPAGE,
+        description=("Self-Blended Images' EfficientNet-B4 trained on FaceForensics++ c23 real videos (92.87% on "
+                     "Celeb-DF v2 in its README); `swapwatch export sbi --checkpoint FILE` makes it a detector"),
         user_provided=True,
     ),
     ModelEntry(

@@ -279,8 +279,54 @@ class DeepfakeBenchTarget(ExportTarget):
         return 0
 
 
+class SBITarget(ExportTarget):
+    name = "sbi"
+    help = ("Self-Blended Images' EfficientNet-B4 (FFraw.tar or FFc23.tar from its README) to a detector folder for "
+            "detect/monitor/serve: scorer.onnx (380x380 crops -> features, fake logit), head.onnx (mean frame "
+            "probability over the window) and detector.json. Noncommercial research use only.")
+    tolerance = DETECTOR_TOLERANCE
+
+    # The defaults of swapwatch.export.sbi, repeated so that building the parser imports no torch
+    # (tests/test_sbi_export.py checks that they agree).
+    registry: ClassVar[tuple[str, str]] = ("sbi-effnb4", "FFraw.tar")
+    defaults: ClassVar[dict[str, float]] = {"window": 32, "threshold": 0.5}
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        name, filename = self.registry
+        parser.add_argument("--checkpoint", type=Path, default=None,
+                            help=f"SBI's checkpoint (default: the registry's {name} file, {filename}, which you "
+                                 f"download from SBI's README and put in the cache with `swapwatch models install "
+                                 f"{name} FILE`)")
+        parser.add_argument("--window", type=int, default=self.defaults["window"],
+                            help="frames per window; the window score is their mean probability "
+                                 "(default: %(default)s, SBI's frame count per video)")
+        parser.add_argument("--threshold", type=float, default=self.defaults["threshold"],
+                            help="window probability above which a face is called fake (default: %(default)s)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from swapwatch.errors import InputError
+        from swapwatch.export.onnx_export import describe_parity
+        from swapwatch.export.sbi import export_sbi
+
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            from swapwatch.engines.runtime import ensure_model
+
+            name, filename = self.registry
+            checkpoint = ensure_model(name)[filename]
+        elif not checkpoint.is_file():
+            raise InputError(f"checkpoint not found: {checkpoint}")
+        start = time.perf_counter()
+        info = export_sbi(checkpoint, args.output_dir, window=args.window, threshold=args.threshold,
+                          tolerance=self.parity_tolerance(args), opset=args.opset)
+        print(f"sbi vs PyTorch: {describe_parity(info.extra)} ({time.perf_counter() - start:.1f} s) -> "
+              f"{args.output_dir} (load it with --model {args.output_dir}; licence {info.extra['licence']})")
+        return 0
+
+
 # Targets in the order `swapwatch export --help` lists them.
-TARGETS: tuple[ExportTarget, ...] = (MTCNNTarget(), SimSwapTarget(), ArcFaceTarget(), DeepfakeBenchTarget())
+TARGETS: tuple[ExportTarget, ...] = (MTCNNTarget(), SimSwapTarget(), ArcFaceTarget(), DeepfakeBenchTarget(),
+                                     SBITarget())
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
