@@ -177,7 +177,7 @@ class SessionStats:
         self._bump("errors")
 
     def alert(self, kind: str, event: str) -> None:
-        """One alert message (kind model|watermark, event start|update|end), counted in the server's totals."""
+        """One alert message (kind model|watermark|change, event start|update|end), counted in the server's totals."""
         if self.server is not None:
             key = (kind, event)
             self.server.alerts[key] = self.server.alerts.get(key, 0) + 1
@@ -293,7 +293,7 @@ def render_prometheus(stats: ServerStats, *, sessions: int, max_sessions: int, q
     out.counter("swapwatch_frame_errors_total", "Frames the worker failed on.", c.errors)
     # Every (kind, event) pair is written from the start, so that rate() and alerting rules see zeros.
     kinds = sorted(set(KINDS) | {k for k, _ in stats.alerts})
-    out.counter("swapwatch_alerts_total", "Alert messages sent, by kind (model, watermark) and event "
+    out.counter("swapwatch_alerts_total", "Alert messages sent, by kind (model, watermark, change) and event "
                 "(start, update, end).",
                 [({"kind": k, "event": e}, stats.alerts.get((k, e), 0)) for k in kinds for e in EVENTS])
     out.gauge("swapwatch_alerts_active", "Alerts started and not yet ended, by kind.",

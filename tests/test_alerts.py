@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from swapwatch.engines.deepfake import AlertEvent, AlertPolicy, AlertPolicyConfig
+from swapwatch.engines.deepfake import KINDS, AlertEvent, AlertPolicy, AlertPolicyConfig
 
 # No smoothing, no dwell, no refractory, no updates: each test switches on the rule it checks.
 BARE = dict(high=0.7, low=0.4, ema_alpha=1.0, min_dwell=0.0, refractory=0.0, update_every=None, track_timeout=10.0)
@@ -33,6 +33,7 @@ def test_event_json_is_exactly_the_protocol_message():
         AlertEvent("begin", 1, 0, 0, 0, 0)
     with pytest.raises(ValueError):
         AlertEvent("start", 1, 0, 0, 0, 0, kind="other")
+    assert AlertEvent("start", 1, 0, 0, 0.4, 0.3, kind="change").to_json()["kind"] == "change"
 
 
 def test_hysteresis_starts_at_high_and_ends_below_low():
@@ -161,6 +162,25 @@ def test_kind_and_verified_are_carried_on_every_event():
     events = p.observe(-1, 0.0, 1.0) + p.flush(0.5)
     assert [(e.event, e.track_id, e.kind, e.verified) for e in events] == [
         ("start", -1, "watermark", True), ("end", -1, "watermark", True)]
+
+
+def test_every_kind_is_a_valid_event_and_policy_kind():
+    assert KINDS == ("model", "watermark", "change")
+    for kind in KINDS:
+        p = AlertPolicy(AlertPolicyConfig(**BARE), kind=kind)
+        assert [e.to_json()["kind"] for e in p.observe(2, 0.0, 0.9)] == [kind]
+    with pytest.raises(ValueError):
+        AlertPolicy(kind="other")
+
+
+def test_tracks_lists_the_tracks_followed():
+    p = policy(track_timeout=0.15)
+    p.step(0.0, {1: 0.2, 2: None})
+    assert p.tracks == {1, 2}
+    p.step(0.3, {2: None})  # track 1 timed out
+    assert p.tracks == {2}
+    p.flush(0.4)
+    assert p.tracks == set()
 
 
 def test_scores_are_clamped_and_nan_ignored():

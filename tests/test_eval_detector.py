@@ -188,6 +188,44 @@ def test_time_to_alert_and_false_alerts_follow_the_policy(dataset, yunet_onnx):
     summary = stream_summary([], [result, early])
     assert summary["time_to_alert_s"] == {"median": 0.64, "mean": 0.64, "missed": 1, "alerted": 1, "splices": 2}
     assert summary["false_alerts_before_splice"] == 1 and summary["false_alerts_per_hour"] is None
+    # The change alert needs a baseline: 2 s of scores (here from 0 s, longer than the real part; their median
+    # is still the real level), then its 1 s dwell: no alert before 3 s into the stream.
+    assert result.change_time_to_alert_s >= 2.0 + 1.0 - splice_t - 1e-6
+    assert early.change_time_to_alert_s is None  # a face that scores 1 all along has no step
+
+
+def test_spliced_streams_report_the_change_alerts_time_to_alert(dataset, yunet_onnx):
+    """With a warm-up shorter than the real part, the face's own step at the splice raises a change alert
+    one dwell (and the fast average's rise) after it; a face that scores 1 from the start raises none,
+    where the model alert fires before the splice."""
+    from swapwatch.engines.deepfake import (
+        FAKE, REAL, ChangeConfig, Evaluator, StreamSettings, folder_items, stream_summary,
+    )
+    from swapwatch.engines.faces import YuNetDetector
+
+    faces = YuNetDetector(yunet_onnx, backend="onnxruntime", device="cpu")
+    real = folder_items([dataset / "real"], REAL)[0]
+    fake = next(i for i in folder_items([dataset / "fake"], FAKE) if i.identity == real.identity)
+    change = ChangeConfig(warmup=1.0)
+    settings = StreamSettings(change=change)
+    splice_t = FRAMES / FPS
+    stepped = Evaluator(StepScorer(splice_t), faces, settings).splice(real, fake)
+    assert stepped.same_track is True and not stepped.change_false_alert_before_splice
+    assert change.min_dwell <= stepped.change_time_to_alert_s <= change.min_dwell + 0.5
+    assert stepped.change_time_to_alert_s <= stepped.fake_seconds and stepped.time_to_alert_s is not None
+    flat = Evaluator(StepScorer(0.0), faces, settings).splice(real, fake)
+    assert flat.false_alert_before_splice and flat.change_time_to_alert_s is None
+    assert not flat.change_false_alert_before_splice
+
+    summary = stream_summary([], [stepped, flat])
+    tta = summary["change_time_to_alert_s"]
+    assert (tta["alerted"], tta["missed"], tta["splices"]) == (1, 1, 2)
+    assert tta["median"] == tta["mean"] == pytest.approx(stepped.change_time_to_alert_s, abs=1e-3)
+    assert summary["change_false_alerts_before_splice"] == 0 and summary["false_alerts_before_splice"] == 1
+    sp = stepped.to_json()
+    assert sp["change_time_to_alert_s"] == pytest.approx(stepped.change_time_to_alert_s, abs=1e-3)
+    assert sp["change_missed"] is False and flat.to_json()["change_missed"] is True
+    json.dumps(summary | {"splices": [s.to_json() for s in summary["splices"]]}, allow_nan=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,6 +280,15 @@ def test_report_schema_and_ranges(report, dataset, capsys):
     assert s["real_hours"] == pytest.approx(2 * FRAMES / FPS / 3600, rel=1e-3)
     assert s["false_alerts"] == sum(v["alerts"] for v in videos if v["label"] == "REAL")
     assert s["false_alerts_per_hour"] == pytest.approx(s["false_alerts"] / s["real_hours"], rel=1e-3)
+    # The change alert's figures beside the model's.
+    for sp in s["splices"]:
+        assert sp["change_time_to_alert_s"] is None or 0.0 <= sp["change_time_to_alert_s"] <= sp["fake_seconds"]
+        assert sp["change_missed"] == (sp["change_time_to_alert_s"] is None)
+    assert s["change_time_to_alert_s"]["missed"] + s["change_time_to_alert_s"]["alerted"] == 2
+    assert all((v["change_alerts"] is None) == (v["label"] == "FAKE") for v in videos)
+    assert s["change_false_alerts"] == sum(v["change_alerts"] for v in videos if v["label"] == "REAL")
+    assert s["change_false_alerts_per_hour"] == pytest.approx(s["change_false_alerts"] / s["real_hours"], rel=1e-3)
+    assert data["model"]["live"]["change"]["step"] == 0.25
     assert data["model"]["default"] is True and data["model"]["live"]["feature_stride"] == 1
 
 
@@ -269,6 +316,8 @@ def test_table_is_printed(dataset, tmp_path, capsys):
                  "--backend", "onnxruntime"]) == 0
     out = capsys.readouterr().out
     assert "AUC" in out and "EER" in out and "ECE" in out and "false alerts" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split()[:1] in (["model"], ["change"])}
+    assert set(rows) == {"model", "change"}  # one row per kind of live alert, side by side
     assert out.count(".mp4") == 2  # one real and one fake row
 
 

@@ -210,6 +210,50 @@ def test_model_track_gone_ends_its_alert(clip_frames):
     assert monitor.close() == []
 
 
+class PerTrackScorer:
+    """Test double of the DeepfakeScorer protocol scoring each track by its own function of time."""
+
+    def __init__(self, **by_track) -> None:
+        self.by_track = {int(k[1:]): fn for k, fn in by_track.items()}  # "t5" -> track 5
+
+    def score_faces(self, frame_bgr: np.ndarray, faces: Sequence[Face], t: float) -> dict[int, float | None]:
+        return {f.track_id: self.by_track[f.track_id](t) for f in faces}
+
+
+def test_change_alert_on_a_step_not_on_a_face_that_just_scores_high():
+    """Track 5 scores 0.3, then 0.8 from 4 s on (a swap switched on); track 7 scores 0.85 all along (a person
+    who just scores high). The model alert fires on both; the change alert only on track 5's step."""
+    scorer = PerTrackScorer(t5=lambda t: 0.8 if t >= 4.0 else 0.3, t7=lambda t: 0.85)
+    monitor = FrameMonitor(MonitorConfig(watermark_enabled=False), detector=scorer)
+    frame = np.zeros((240, 320, 3), np.uint8)
+    events = []
+    for i in range(7 * 25):
+        events += monitor.process(frame, i / 25, [face(5), face(7)])
+        if events and events[-1].kind == "change" and events[-1].event == "start":
+            assert monitor.state.change_alerts == {5: pytest.approx(0.5, abs=0.05)} and monitor.state.alerting
+    events += monitor.close()
+    starts = {(e.kind, e.track_id) for e in events if e.event == "start"}
+    assert starts == {("model", 5), ("model", 7), ("change", 5)}
+    change = [e.to_json() for e in events if e.kind == "change"]
+    assert [m["event"] for m in change if m["event"] != "update"] == ["start", "end"]
+    start = change[0]
+    assert set(start) == {"type", "event", "track_id", "t_start", "t_end", "peak", "mean", "kind", "verified"}
+    assert start["type"] == "alert" and start["kind"] == "change" and start["verified"] is False
+    assert start["track_id"] == 5 and 4.0 <= start["t_start"] <= 5.0 and start["t_end"] >= start["t_start"] + 0.95
+    assert 0.25 <= start["mean"] <= start["peak"] <= 0.5  # rises over track 5's own level (0.3)
+    assert monitor.state.change_alerts == {} and monitor.state.alerts_started == 3
+
+
+def test_change_alerts_can_be_switched_off_and_need_a_model(clip_frames):
+    scorer = PerTrackScorer(t1=lambda t: 0.9 if t >= 2.5 else 0.1)
+    assert FrameMonitor().change_policy is None  # no model, no change alerts
+    assert FrameMonitor(detector=scorer).change_policy is not None  # on by default with one
+    monitor = FrameMonitor(MonitorConfig(watermark_enabled=False, change_enabled=False), detector=scorer)
+    frame = np.zeros((240, 320, 3), np.uint8)
+    events = [e for i in range(6 * 25) for e in monitor.process(frame, i / 25, [face(1)])] + monitor.close()
+    assert {e.kind for e in events} == {"model"}
+
+
 def test_detector_without_scores_and_bad_detectors(clip_frames):
     class Silent:
         def score_faces(self, frame_bgr, faces, t):
@@ -245,6 +289,10 @@ def test_overlay_status_box(clip_frames):
     assert alerting and lines == ["ALERT: possible deepfake", "track 3 score 0.81"]
     marked = overlay.draw(frame, MonitorState(model_alerts={1: 0.9}), [face(1)])
     assert (marked[90:192, 108:112] != frame[90:192, 108:112]).any()  # the alerting face is boxed
+    lines, alerting = MonitorOverlay.lines(MonitorState(change_alerts={2: 0.42}))
+    assert alerting and lines == ["ALERT: score stepped up", "track 2 +0.42 over its own level"]
+    marked = overlay.draw(frame, MonitorState(change_alerts={1: 0.4}), [face(1)])
+    assert (marked[90:192, 108:112] != frame[90:192, 108:112]).any()
     assert (frame == clip_frames[0].image).all()  # input untouched
 
 

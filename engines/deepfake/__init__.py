@@ -20,6 +20,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "AlertEvent": "alerts", "AlertPolicy": "alerts", "AlertPolicyConfig": "alerts", "EVENTS": "alerts",
     "KINDS": "alerts",
     "fit_platt": "calibration", "identity_folds": "calibration",
+    "ChangeConfig": "change", "ChangePolicy": "change",
     "DataSpec": "datasets", "FAKE": "datasets", "MediaItem": "datasets", "REAL": "datasets",
     "collect_items": "datasets", "dfdc_items": "datasets", "ffpp_items": "datasets", "folder_items": "datasets",
     "split_identities": "datasets",

@@ -19,7 +19,8 @@ detectors elsewhere, e.g. wake-word spotting: sustained evidence, hysteresis, th
 
 ``peak`` and ``mean`` are of the raw scores of the samples inside the alert (from ``t_start`` up to the last
 sample at which the alert was still active). There is no global state: one :class:`AlertPolicy` per stream
-and per kind of evidence.
+and per kind of evidence (``KINDS``: the model's score, swapwatch's watermark, and ``change``, a track's score
+stepping up over its own baseline, which ``change.py`` feeds through this same machinery).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EVENTS = ("start", "update", "end")
-KINDS = ("model", "watermark")
+KINDS = ("model", "watermark", "change")
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class AlertEvent:
     t_end: float
     peak: float
     mean: float
-    kind: str = "model"  # model | watermark
+    kind: str = "model"  # model | watermark | change (a track's own score stepped up: change.py)
     verified: bool = False  # True only for a verified swapwatch watermark
 
     def __post_init__(self) -> None:
@@ -148,6 +149,11 @@ class AlertPolicy:
     def active(self) -> dict[int, float]:
         """Tracks with an active alert -> their current smoothed score."""
         return {tid: tr.smoothed or 0.0 for tid, tr in self._tracks.items() if tr.active}
+
+    @property
+    def tracks(self) -> set[int]:
+        """Track ids the policy follows (seen, not yet timed out or ended)."""
+        return set(self._tracks)
 
     def smoothed(self, track_id: int) -> float | None:
         tr = self._tracks.get(track_id)

@@ -15,9 +15,11 @@ and a :class:`~swapwatch.engines.deepfake.monitor.FrameMonitor` whose model aler
   mid-stream, and the detector's window still holds A's real frames) and gets a new one otherwise; every
   splice records which (``same_track``). Time to alert: seconds from the splice (B's first frame time) to
   the first model alert ``start`` at or after it (None: missed). A ``start`` before the splice is a false
-  alert on real footage.
+  alert on real footage. The same for the monitor's change alert (a track's score stepping up over its own
+  baseline, ``change.py``), beside the model's: it needs the face to keep its track id across the splice (a
+  new track warms up on the fake) and A's scores to make up most of the track's warm-up (2 s of scores).
 * **false alerts per hour**: the live path over every real video, model alert ``start`` events divided by
-  the hours of real footage read.
+  the hours of real footage read; and the same for change alerts.
 
 The watermark check is off in these runs: a watermarked fake would otherwise raise the monitor's verified
 watermark alert, and this measures the model. :class:`Evaluator` reads each video once: the same tracked
@@ -40,7 +42,8 @@ import numpy as np
 from swapwatch.errors import InputError
 
 if TYPE_CHECKING:
-    from swapwatch.engines.deepfake.alerts import AlertPolicyConfig
+    from swapwatch.engines.deepfake.alerts import AlertEvent, AlertPolicyConfig
+    from swapwatch.engines.deepfake.change import ChangeConfig
     from swapwatch.engines.deepfake.datasets import MediaItem
     from swapwatch.engines.deepfake.detector import DeepfakeDetector
     from swapwatch.engines.faces import FaceDetector
@@ -183,7 +186,8 @@ REAL_LABEL, FAKE_LABEL = "REAL", "FAKE"
 @dataclass
 class VideoResult:
     """One video: its offline score and verdict (NO_FACES: no face was tracked; ERROR: unreadable), and for
-    a real video the model alerts the live path raised on it (``alerts``; None for fakes)."""
+    a real video the model and change alerts the live path raised on it (``alerts``, ``change_alerts``;
+    None for fakes)."""
 
     path: str
     label: str  # REAL | FAKE
@@ -193,6 +197,7 @@ class VideoResult:
     seconds: float
     tracks: int = 0
     alerts: int | None = None
+    change_alerts: int | None = None
     error: str | None = None
 
     @property
@@ -202,7 +207,7 @@ class VideoResult:
     def to_json(self) -> dict[str, Any]:
         out = {"path": self.path, "label": self.label, "score": _round(self.score), "verdict": self.verdict,
                "frames": self.frames, "seconds": round(self.seconds, 3), "tracks": self.tracks,
-               "alerts": self.alerts}
+               "alerts": self.alerts, "change_alerts": self.change_alerts}
         if self.error is not None:
             out["error"] = self.error
         return out
@@ -222,6 +227,8 @@ class SpliceResult:
     time_to_alert_s: float | None  # None: no model alert started during the fake part
     false_alert_before_splice: bool  # a model alert started on the real part
     alert_active_at_splice: bool  # ... and was still on when the fake began
+    change_time_to_alert_s: float | None = None  # the same for the change alert
+    change_false_alert_before_splice: bool = False
     error: str | None = None
 
     @property
@@ -234,7 +241,10 @@ class SpliceResult:
                "fake_seconds": round(self.fake_seconds, 3), "same_track": self.same_track,
                "time_to_alert_s": _round(self.time_to_alert_s, 3), "missed": self.missed,
                "false_alert_before_splice": self.false_alert_before_splice,
-               "alert_active_at_splice": self.alert_active_at_splice}
+               "alert_active_at_splice": self.alert_active_at_splice,
+               "change_time_to_alert_s": _round(self.change_time_to_alert_s, 3),
+               "change_missed": self.change_time_to_alert_s is None,
+               "change_false_alert_before_splice": self.change_false_alert_before_splice}
         if self.error is not None:
             out["error"] = self.error
         return out
@@ -272,11 +282,13 @@ def _round(x: float | None, digits: int = 4) -> float | None:
 @dataclass(frozen=True)
 class StreamSettings:
     """How videos are read and monitored. The detector's own :class:`~swapwatch.engines.deepfake.detector.WindowConfig`
-    holds the live strides; ``policy`` None is the monitor's model policy (``monitor.MODEL_POLICY``)."""
+    holds the live strides; ``policy`` None is the monitor's model policy (``monitor.MODEL_POLICY``), ``change``
+    None the monitor's change alert settings (``ChangeConfig()``)."""
 
     max_frames: int | None = None  # first N frames of each video (None: all)
     detect_every: int = 1  # face detection every k frames, optical flow in between (as `monitor --every`)
     policy: AlertPolicyConfig | None = None
+    change: ChangeConfig | None = None
 
     def __post_init__(self) -> None:
         if self.max_frames is not None and self.max_frames < 1:
@@ -310,10 +322,12 @@ class Evaluator:
         return KeyframeTracker(self.face_detector, FaceTracker(smoothing=FACE_SMOOTHING), k=self.settings.detect_every)
 
     def _monitor(self):
-        from swapwatch.engines.deepfake.monitor import MODEL_POLICY, FrameMonitor, MonitorConfig
+        from swapwatch.engines.deepfake.monitor import FrameMonitor, MonitorConfig
 
         self.detector.reset()  # a new stream: no window carries over from the previous one
-        config = MonitorConfig(watermark_enabled=False, model_policy=self.settings.policy or MODEL_POLICY)
+        defaults = MonitorConfig()
+        config = MonitorConfig(watermark_enabled=False, model_policy=self.settings.policy or defaults.model_policy,
+                               change=self.settings.change or defaults.change)
         return FrameMonitor(config, detector=self.detector)
 
     def _frames(self, path: Path) -> Iterator:
@@ -328,8 +342,8 @@ class Evaluator:
     # ---- one video ---------------------------------------------------------------------------------
 
     def video(self, item: MediaItem, *, threshold: float, live: bool | None = None) -> VideoResult:
-        """Score one video offline; with ``live`` (default: for real videos) also count the model alerts
-        the live path raises on it. An unreadable video gives verdict ERROR (its message in ``error``)."""
+        """Score one video offline; with ``live`` (default: for real videos) also count the model and change
+        alerts the live path raises on it. An unreadable video gives verdict ERROR (its message in ``error``)."""
         from swapwatch.engines.deepfake.datasets import FAKE
 
         label = FAKE_LABEL if item.label == FAKE else REAL_LABEL
@@ -337,15 +351,14 @@ class Evaluator:
         tracker = self._tracker()
         monitor = self._monitor() if live else None
         times: list[float] = []
-        starts = 0
+        starts = _Starts()
 
         def frames():
-            nonlocal starts
             for frame in self._frames(item.path):
                 faces = tracker.process(frame.image, frame.time)
                 times.append(frame.time)
                 if monitor is not None:
-                    starts += _model_starts(monitor.process(frame.image, frame.time, faces))
+                    starts.add(monitor.process(frame.image, frame.time, faces))
                 yield frame.image, faces, frame.time
 
         try:
@@ -354,11 +367,12 @@ class Evaluator:
             return VideoResult(str(item.path), label, None, "ERROR", len(times), _duration(times),
                                error=str(exc))
         if monitor is not None:
-            starts += _model_starts(monitor.close())
+            starts.add(monitor.close())
         score = clip.score
         verdict = "NO_FACES" if score is None else (FAKE_LABEL if score >= threshold else REAL_LABEL)
         return VideoResult(str(item.path), label, score, verdict, len(times), _duration(times),
-                           tracks=len(clip.tracks), alerts=starts if live else None)
+                           tracks=len(clip.tracks), alerts=len(starts.model) if live else None,
+                           change_alerts=len(starts.change) if live else None)
 
     # ---- one spliced stream ------------------------------------------------------------------------
 
@@ -368,7 +382,7 @@ class Evaluator:
 
         tracker = self._tracker()
         monitor = self._monitor()
-        starts: list[float] = []
+        starts = _Starts()
         last_real_ids: set[int] = set()
         first_fake_ids: set[int] | None = None
         real_times: list[float] = []
@@ -379,8 +393,7 @@ class Evaluator:
 
         def step(image, t: float) -> set[int]:
             faces = tracker.process(image, t)
-            events = monitor.process(image, t, faces)
-            starts.extend(t for e in events if e.kind == "model" and e.event == "start")
+            starts.add(monitor.process(image, t, faces))
             return {int(f.track_id) for f in faces if f.track_id is not None}
 
         try:
@@ -408,15 +421,15 @@ class Evaluator:
             error = None
         if fake_times:
             monitor.close(fake_times[-1])
-        after = [t for t in starts if t >= splice_t - 1e-9]
         fake_seconds = (fake_times[-1] - splice_t + _frame_interval(fake_times, 1.0 / 25)) if fake_times else 0.0
         same = None if not (last_real_ids and first_fake_ids) else bool(last_real_ids & first_fake_ids)
         return SpliceResult(
             real=str(real.path), fake=str(fake.path), splice_s=splice_t, real_frames=len(real_times),
             fake_frames=len(fake_times), fake_seconds=max(fake_seconds, 0.0), same_track=same,
-            time_to_alert_s=(after[0] - splice_t) if after and error is None else None,
-            false_alert_before_splice=any(t < splice_t - 1e-9 for t in starts),
-            alert_active_at_splice=active_at_splice, error=error)
+            time_to_alert_s=_time_after(starts.model, splice_t) if error is None else None,
+            false_alert_before_splice=_any_before(starts.model, splice_t), alert_active_at_splice=active_at_splice,
+            change_time_to_alert_s=_time_after(starts.change, splice_t) if error is None else None,
+            change_false_alert_before_splice=_any_before(starts.change, splice_t), error=error)
 
 
 def _fit(image: np.ndarray, size: tuple[int, int], cv2) -> np.ndarray:
@@ -426,8 +439,27 @@ def _fit(image: np.ndarray, size: tuple[int, int], cv2) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def _model_starts(events) -> int:
-    return sum(1 for e in events if e.kind == "model" and e.event == "start")
+@dataclass
+class _Starts:
+    """Times of the model and change alerts' ``start`` events on one stream (the end of their dwell)."""
+
+    model: list[float] = field(default_factory=list)
+    change: list[float] = field(default_factory=list)
+
+    def add(self, events: Iterable[AlertEvent]) -> None:
+        for e in events:
+            if e.event == "start" and e.kind in ("model", "change"):
+                getattr(self, e.kind).append(e.t_end)
+
+
+def _time_after(starts: Sequence[float], splice_t: float) -> float | None:
+    """Seconds from the splice to the first start at or after it; None: none."""
+    after = [t for t in starts if t >= splice_t - 1e-9]
+    return after[0] - splice_t if after else None
+
+
+def _any_before(starts: Sequence[float], splice_t: float) -> bool:
+    return any(t < splice_t - 1e-9 for t in starts)
 
 
 def _duration(times: Sequence[float]) -> float:
@@ -462,24 +494,31 @@ def splice_pairs(reals: Sequence[MediaItem], fakes: Sequence[MediaItem], count: 
 
 def stream_summary(videos: Sequence[VideoResult], splices: Sequence[SpliceResult]) -> dict[str, Any]:
     """The report's ``streams``: splices, time to alert (median and mean over the splices that alerted, and
-    how many missed), and false alerts per hour over the real videos the live path read."""
+    how many missed), and false alerts per hour over the real videos the live path read; for the model alert,
+    and with the prefix ``change_`` for the change alert."""
     done = [s for s in splices if s.error is None and s.fake_frames]
-    hits = [s.time_to_alert_s for s in done if s.time_to_alert_s is not None]
     reals = [v for v in videos if v.alerts is not None]
     hours = sum(v.seconds for v in reals) / 3600.0
-    false_alerts = sum(v.alerts or 0 for v in reals)
-    return {
-        "splices": list(splices),
-        "time_to_alert_s": {"median": _round(statistics.median(hits), 3) if hits else None,
-                            "mean": _round(statistics.fmean(hits), 3) if hits else None,
-                            "missed": sum(1 for s in done if s.time_to_alert_s is None),
-                            "alerted": len(hits), "splices": len(done)},
-        "false_alerts_before_splice": sum(1 for s in done if s.false_alert_before_splice),
-        "false_alerts": false_alerts,
-        "false_alerts_per_hour": _round(false_alerts / hours, 3) if hours > 0 else None,
-        "real_hours": round(hours, 9),
-        "real_videos": len(reals),
-    }
+    out: dict[str, Any] = {"splices": list(splices)}
+    for prefix, times, before, counts in (
+            ("", [s.time_to_alert_s for s in done], [s.false_alert_before_splice for s in done],
+             [v.alerts for v in reals]),
+            ("change_", [s.change_time_to_alert_s for s in done], [s.change_false_alert_before_splice for s in done],
+             [v.change_alerts for v in reals])):
+        false_alerts = sum(n or 0 for n in counts)
+        out |= {f"{prefix}time_to_alert_s": _time_to_alert(times),
+                f"{prefix}false_alerts_before_splice": sum(before),
+                f"{prefix}false_alerts": false_alerts,
+                f"{prefix}false_alerts_per_hour": _round(false_alerts / hours, 3) if hours > 0 else None}
+    return out | {"real_hours": round(hours, 9), "real_videos": len(reals)}
+
+
+def _time_to_alert(times: Sequence[float | None]) -> dict[str, Any]:
+    """Median and mean over the splices that alerted (None: missed), and how many missed."""
+    hits = [t for t in times if t is not None]
+    return {"median": _round(statistics.median(hits), 3) if hits else None,
+            "mean": _round(statistics.fmean(hits), 3) if hits else None,
+            "missed": len(times) - len(hits), "alerted": len(hits), "splices": len(times)}
 
 
 def evaluate(items: Sequence[MediaItem], evaluator: Evaluator, *, threshold: float, splices: int = 10,

@@ -8,6 +8,8 @@
   ``kind="watermark"`` and ``verified=True``: a verified swapwatch swap, not a guess.
 * **model**: when a deepfake detector is given (anything with :meth:`DeepfakeScorer.score_faces`), its
   per-track scores go through a second policy with ``kind="model"`` and ``verified=False``.
+* **change**: the same scores, judged per track against the track's own baseline (change.py): a face whose
+  score steps up and stays up raises ``kind="change"``, whatever its level (on by default with a detector).
 
 One monitor per stream (it holds per-stream state; not thread-safe); no global state.
 """
@@ -24,6 +26,7 @@ import cv2
 import numpy as np
 
 from swapwatch.engines.deepfake.alerts import AlertEvent, AlertPolicy, AlertPolicyConfig
+from swapwatch.engines.deepfake.change import ChangeConfig, ChangePolicy
 from swapwatch.engines.faces import Face
 from swapwatch.engines.swap import WatermarkConfig, Watermarker, WatermarkResult
 
@@ -62,6 +65,8 @@ class MonitorConfig:
     watermark_every: int = 1  # check the watermark on every k-th frame
     watermark_policy: AlertPolicyConfig = WATERMARK_POLICY
     model_policy: AlertPolicyConfig = MODEL_POLICY
+    change_enabled: bool = True  # change alerts beside the model's (only when a detector runs)
+    change: ChangeConfig = ChangeConfig()
 
     def __post_init__(self) -> None:
         if self.watermark_every < 1:
@@ -80,11 +85,12 @@ class MonitorState:
     watermark_alert: bool = False
     model_scores: dict[int, float] = field(default_factory=dict)  # last raw score per track on this frame
     model_alerts: dict[int, float] = field(default_factory=dict)  # tracks with an active alert -> smoothed
-    alerts_started: int = 0  # `start` events so far (both kinds)
+    change_alerts: dict[int, float] = field(default_factory=dict)  # tracks with an active change alert -> rise
+    alerts_started: int = 0  # `start` events so far (all kinds)
 
     @property
     def alerting(self) -> bool:
-        return self.watermark_alert or bool(self.model_alerts)
+        return self.watermark_alert or bool(self.model_alerts) or bool(self.change_alerts)
 
 
 class FrameMonitor:
@@ -99,6 +105,8 @@ class FrameMonitor:
         self.watermarker = watermarker or Watermarker(self.config.watermark)
         self.watermark_policy = AlertPolicy(self.config.watermark_policy, kind="watermark", verified=True)
         self.model_policy = AlertPolicy(self.config.model_policy, kind="model", verified=False)
+        self.change_policy = (ChangePolicy(self.config.change) if detector is not None and self.config.change_enabled
+                              else None)
         self._state = MonitorState()
         self._too_small_logged = False
 
@@ -130,11 +138,13 @@ class FrameMonitor:
                 present[int(tid)] = _as_score(value)
             scores = {tid: s for tid, s in present.items() if s is not None}
             events += self.model_policy.step(t, present)
+            if self.change_policy is not None:
+                events += self.change_policy.step(t, present)
 
         self._state = MonitorState(
             t=t, frames=st.frames + 1, watermark_checks=checks, watermarked_frames=found, watermark=result,
             watermark_alert=bool(self.watermark_policy.active), model_scores=scores,
-            model_alerts=self.model_policy.active,
+            model_alerts=self.model_policy.active, change_alerts=self._change_alerts(),
             alerts_started=st.alerts_started + sum(e.event == "start" for e in events))
         return events
 
@@ -142,8 +152,13 @@ class FrameMonitor:
         """The stream ended (at ``t``, default the last frame's time): end every active alert."""
         t = self._state.t if t is None else float(t)
         events = self.watermark_policy.flush(t) + self.model_policy.flush(t)
-        self._state = replace(self._state, t=t, watermark_alert=False, model_alerts={})
+        if self.change_policy is not None:
+            events += self.change_policy.flush(t)
+        self._state = replace(self._state, t=t, watermark_alert=False, model_alerts={}, change_alerts={})
         return events
+
+    def _change_alerts(self) -> dict[int, float]:
+        return self.change_policy.active if self.change_policy is not None else {}
 
     def _check_watermark(self, frame_bgr: np.ndarray) -> WatermarkResult | None:
         try:
@@ -198,6 +213,9 @@ class MonitorOverlay:
         if state.model_alerts:
             tid, score = max(state.model_alerts.items(), key=lambda kv: kv[1])
             return ["ALERT: possible deepfake", f"track {tid} score {score:.2f}"], True
+        if state.change_alerts:
+            tid, rise = max(state.change_alerts.items(), key=lambda kv: kv[1])
+            return ["ALERT: score stepped up", f"track {tid} +{rise:.2f} over its own level"], True
         lines = ["monitoring - no alert"]
         if state.model_scores:
             lines.append(f"max score {max(state.model_scores.values()):.2f}")
@@ -234,7 +252,8 @@ class MonitorOverlay:
             cv2.putText(out, text, (x0 + bar + pad, y), font, sc, cfg.text_bgr, thick, cv2.LINE_AA)
             y += gap
         for face in faces:
-            if face.track_id is not None and face.track_id in state.model_alerts:
+            if face.track_id is not None and (face.track_id in state.model_alerts
+                                              or face.track_id in state.change_alerts):
                 x1, y1, x2, y2 = (int(round(v)) for v in face.box)
                 cv2.rectangle(out, (x1, y1), (x2, y2), cfg.alert_bgr, max(2, thick))
         return out

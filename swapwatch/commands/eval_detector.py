@@ -1,7 +1,9 @@
 """`swapwatch eval-detector`: measure the deepfake detector on a labelled video dataset.
 
 Video level: AUC, EER, accuracy at the threshold, calibration error. Live: time to alert on streams spliced
-from a real video to a fake one, and false alerts per hour of real footage (``engines/deepfake/evaluation.py``).
+from a real video to a fake one, and false alerts per hour of real footage, for the model alert (a fixed
+threshold) and the change alert (a face's score stepping up over its own baseline)
+(``engines/deepfake/evaluation.py``).
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "  dfdc     a DFDC root (metadata.json files beside the videos)\n\n"
         "Each video gets the detector's offline score (its most suspicious face track); videos without a\n"
         "face are listed as NO_FACES and left out of the metrics. The live measures run the monitor's path\n"
-        "(face tracker, sliding windows with the live strides, the model alert policy; watermark check off):\n"
-        "time to alert from the splice on streams made of a real video's frames followed by a fake's, and\n"
-        "model alerts per hour on the real videos.")
+        "(face tracker, sliding windows with the live strides, the model and change alert policies; watermark\n"
+        "check off): time to alert from the splice on streams made of a real video's frames followed by a\n"
+        "fake's, and alerts per hour on the real videos, for each kind of alert.")
     p.add_argument("dataset", metavar="DATASET", type=Path, help="dataset folder (see the layouts above)")
     p.add_argument("--layout", choices=("folders", "ffpp", "dfdc"), default="folders",
                    help="how labels are read (default: folders, i.e. DATASET/real and DATASET/fake)")
@@ -163,7 +165,7 @@ def class_warnings(items) -> list[str]:
 def model_info(args, detector, window, settings) -> dict:
     from dataclasses import asdict
 
-    from swapwatch.engines.deepfake import DEFAULT_MODEL_DIR, MODEL_POLICY
+    from swapwatch.engines.deepfake import DEFAULT_MODEL_DIR, MODEL_POLICY, ChangeConfig
 
     info = detector.info
     return {"path": str(args.model or DEFAULT_MODEL_DIR), "default": args.model in (None, "default"),
@@ -171,7 +173,8 @@ def model_info(args, detector, window, settings) -> dict:
             "sha256": info.extra.get("sha256"), "backend": args.backend, "face_detector": args.detector,
             "live": {"feature_stride": window.feature_stride, "score_stride": window.score_stride,
                      "detect_every": settings.detect_every, "max_frames": settings.max_frames,
-                     "policy": asdict(settings.policy or MODEL_POLICY)}}
+                     "policy": asdict(settings.policy or MODEL_POLICY),
+                     "change": asdict(settings.change or ChangeConfig())}}
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -209,16 +212,30 @@ def print_report(report) -> None:
           f"{m['n_errors']} unreadable")
     print(f"AUC {_f(m['auc'])}   EER {_f(m['eer'])} (threshold {_f(m['eer_threshold'])})   "
           f"accuracy {_f(m['accuracy'])} at {m['threshold']:.3f}   ECE {_f(m['ece'])} ({m['ece_bins']} bins)")
-    t = s["time_to_alert_s"]
-    if t["splices"]:
-        print(f"time to alert over {t['splices']} spliced stream(s): median {_s(t['median'])}, mean "
-              f"{_s(t['mean'])}, missed {t['missed']}; a false alert before the splice in "
-              f"{s['false_alerts_before_splice']}")
-    if s["real_videos"]:
-        print(f"false alerts: {s['false_alerts']} in {s['real_hours'] * 3600:.1f} s of real footage "
-              f"({_f(s['false_alerts_per_hour'], '.1f')} per hour)")
+    print_live_table(s)
     for note in report.notes:
         print(f"note: {note}")
+
+
+LIVE_KINDS = (("model", ""), ("change", "change_"))  # alert kind, its prefix in the report's streams
+
+
+def print_live_table(s: dict) -> None:
+    """Time to alert on the spliced streams and false alerts on real footage, one row per kind of alert."""
+    splices, reals = s["time_to_alert_s"]["splices"], s["real_videos"]
+    if not splices and not reals:
+        return
+    print(f"live alerts: {splices} spliced stream(s), {s['real_hours'] * 3600:.1f} s of real footage "
+          f"({reals} video(s))")
+    print(f"{'alert':<7}  {'time to alert: median':>21}  {'mean':>7}  {'missed':>8}  {'false before splice':>19}  "
+          f"{'false alerts':>12}  {'per hour':>8}")
+    for kind, prefix in LIVE_KINDS:
+        t = s[f"{prefix}time_to_alert_s"]
+        missed = f"{t['missed']}/{t['splices']}" if splices else "n/a"
+        before = str(s[f"{prefix}false_alerts_before_splice"]) if splices else "n/a"
+        false = str(s[f"{prefix}false_alerts"]) if reals else "n/a"
+        print(f"{kind:<7}  {_s(t['median']):>21}  {_s(t['mean']):>7}  {missed:>8}  {before:>19}  {false:>12}  "
+              f"{_f(s[f'{prefix}false_alerts_per_hour'], '.1f'):>8}")
 
 
 def plot_report(report, out: Path) -> None:

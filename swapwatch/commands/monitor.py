@@ -141,7 +141,8 @@ class _Reporter:
             if self.as_json:
                 print(json.dumps(msg), flush=True)
             else:
-                what = "swapwatch watermark (verified)" if e.kind == "watermark" else f"face track {e.track_id}"
+                what = {"watermark": "swapwatch watermark (verified)",
+                        "change": f"face track {e.track_id} (score stepped up)"}.get(e.kind, f"face track {e.track_id}")
                 print(f"alert {e.event:<6} {what}: {e.t_start:.2f}-{e.t_end:.2f} s, peak {e.peak:.2f}, "
                       f"mean {e.mean:.2f}", flush=True)
 
