@@ -119,6 +119,8 @@ class SessionChannel:
             data = json.loads(text)
         except json.JSONDecodeError:
             raise ControlError("message is not JSON") from None
+        except RecursionError:  # the decoder's own depth limit: an error reply, and the channel stays open
+            raise ControlError("message is JSON nested too deeply") from None
         if not isinstance(data, dict):
             raise ControlError("message must be a JSON object")
         kind = data.get("type")

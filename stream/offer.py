@@ -69,6 +69,8 @@ class OfferRequest:
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise OfferError(f"body is not JSON: {exc}") from None
+        except RecursionError:  # the decoder's own depth limit: thousands of nested [ or {
+            raise OfferError("body is JSON nested too deeply") from None
         if not isinstance(data, dict):
             raise OfferError("body must be a JSON object")
         sdp, kind = data.get("sdp"), data.get("type", "offer")

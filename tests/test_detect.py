@@ -27,6 +27,8 @@ from swapwatch.engines.deepfake import DEFAULT_MODEL_DIR
 from swapwatch.cli import main
 
 FRAMES = 40
+SVG = ('<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64">'
+       '<rect width="64" height="64" fill="red"/></svg>\n')
 WINDOW_KEYS = {"track", "start", "end", "score", "frames", "full"}
 TRACK_KEYS = {"track", "score", "verdict", "frames", "first", "last", "counted"}
 VIDEO_KEYS = {"name", "frames", "fps", "duration", "width", "height"}
@@ -177,7 +179,7 @@ def _make_audio_only(path: Path) -> None:
 @pytest.mark.parametrize("case,needle", [
     ("missing", "no such file"), ("text", "not a readable"), ("photo", "still image"),
     ("audio", "no video stream"), ("plot_jpg", "ending in .png"), ("plot_folder", "does not exist"),
-    ("threshold", "--threshold"), ("max_frames", "--max-frames"),
+    ("threshold", "--threshold"), ("max_frames", "--max-frames"), ("svg_as_mp4", "not a readable video"),
 ])
 def test_bad_input_is_one_line_error(case, needle, tmp_path, face_photos, grid_clip, capsys):
     args = [str(grid_clip)]
@@ -195,6 +197,9 @@ def test_bad_input_is_one_line_error(case, needle, tmp_path, face_photos, grid_c
         args += ["--plot", str(tmp_path / "plot.jpg")]
     elif case == "plot_folder":
         args += ["--plot", str(tmp_path / "no" / "plot.png")]
+    elif case == "svg_as_mp4":  # FFmpeg finds a video stream it has no decoder for (no codec context)
+        (tmp_path / "drawing.mp4").write_text(SVG)
+        args = [str(tmp_path / "drawing.mp4")]
     elif case == "threshold":
         args += ["--threshold", "1.5"]
     else:
@@ -269,6 +274,7 @@ def test_endpoint_upload_and_rejections(detector, grid_clip, face_photos, tmp_pa
         cases = [
             (413, "larger than", {"data": video_form(data + b"\0" * 200_000, "big.mpg")}),
             (400, "notes.mp4: not a readable", {"data": video_form(b"just some text\n" * 100, "notes.mp4")}),
+            (400, "drawing.mp4: not a readable video", {"data": video_form(SVG.encode(), "drawing.mp4")}),
             (400, "still image", {"data": video_form(face_photos[0].read_bytes(), "face.jpg", "image/jpeg")}),
             (400, "empty", {"data": video_form(b"", "empty.mp4")}),
             (400, "missing multipart field 'file'", {"data": other_field}),

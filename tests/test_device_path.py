@@ -150,6 +150,19 @@ def test_labels_on_the_device_output(classic, detector, grid_frames, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("size", [(16, 16), (100, 60), (120, 90)])
+def test_tiny_frames_are_labelled_as_the_cpu_path_does(classic, size, device):
+    """Below the watermark's grid the device path labels as SyntheticLabeller does (badge cut to the frame,
+    no watermark) instead of failing on every frame."""
+    swapper, pipe, labeller = classic
+    frame = cv2.resize(np.full((288, 360, 3), 90, np.uint8), size)
+    dev = DeviceFramePath(swapper, labeller=labeller, masks=pipe.masks,
+                          config=DevicePathConfig(device=device)).process([FrameJob(frame)])
+    worst, within, _ = parity(labeller(frame), dev.frames[0])
+    assert worst <= 1 and within == 1.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_frames_without_faces(classic, grid_frames, device):
     """Labelled as the server labels every frame in swap mode; untouched (never uploaded) with
     label_unswapped=False, as SwapPipeline.process returns them; untouched without a labeller."""

@@ -182,6 +182,25 @@ def test_too_small_and_wrong_frames_are_refused(wm):
     assert wm.score(flat) == 0.0 and wm.detect(wm.embed(flat)).found
 
 
+@pytest.mark.parametrize("size", [(2, 2), (3, 3), (16, 16), (48, 32), (100, 60), (95, 200), (96, 72)])
+def test_tiny_frames_are_labelled_as_far_as_they_can_be(size):
+    """Frames down to 2x2 (a careless or hostile client's camera) get the badge cut to the frame, and the
+    watermark only where the frame holds its grid (96x72 cells); nothing raises."""
+    w, h = size
+    labeller = SyntheticLabeller()
+    frame = np.full((h, w, 3), 128, np.uint8)
+    out = labeller(frame)
+    assert out.shape == frame.shape and out.dtype == np.uint8
+    x1, y1, x2, y2 = labeller.label.badge_box(w, h)
+    assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h  # inside the frame, whatever its size
+    badge_only = labeller.label.draw(frame)
+    holds_grid = labeller.watermarker.fits(h, w)
+    assert holds_grid == (w >= 96 and h >= 72)
+    assert np.array_equal(out, badge_only) != holds_grid  # the watermark is added exactly where it fits
+    if w > 4 and h > 4:
+        assert not np.array_equal(badge_only, frame)  # some of the badge shows
+
+
 def test_survives_the_senders_downscale(wm, grid_clips):
     """WebRTC senders shrink the frame under load; the mark is tied to the frame, not to pixels."""
     marked = [wm.embed(f) for f in _upscale(grid_clips[3][::5])]

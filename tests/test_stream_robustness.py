@@ -96,6 +96,7 @@ def test_malformed_offers_are_refused_and_the_server_carries_on(detector, source
             "record without --record-dir": ({"sdp": sdp, "type": "offer", "mode": "monitor", "record": True}, 400),
             "unknown source": ({"sdp": sdp, "type": "offer", "mode": "swap", "source": "nope"}, 404),
             "huge body": (b'{"sdp": "' + b"x" * 300_000 + b'"}', 400),
+            "JSON nested 100 000 deep": (b"[" * 100_000 + b"]" * 100_000, 400),
         }
         for name, (body, status) in cases.items():
             kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
@@ -139,6 +140,7 @@ def test_websocket_garbage_gets_error_replies_and_changes_nothing(detector, sour
 
             bad = [
                 ("not json at all", None),
+                ("[" * 3000 + "]" * 3000, None),  # nested past the decoder's depth limit: a reply, not a dead channel
                 (b"\x00\x01binary", None),
                 ([1, 2, 3], None),
                 ({"type": "launch"}, None),

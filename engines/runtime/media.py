@@ -108,6 +108,11 @@ def probe_video(path: str | Path) -> VideoInfo:
             if not container.streams.video:
                 raise InputError(f"{path}: has no video stream")
             s = container.streams.video[0]
+            # A stream FFmpeg found but has no decoder for (an SVG renamed .mp4, say) comes without a codec
+            # context; one without a size cannot be decoded either.
+            if s.codec_context is None or not (s.codec_context.width and s.codec_context.height):
+                what = s.codec_context.name if s.codec_context is not None else container.format.name
+                raise InputError(f"{path}: not a readable video (FFmpeg has no decoder here for its {what} stream)")
             fps = float(s.average_rate or s.guessed_rate or 25)
             return VideoInfo(s.codec_context.width, s.codec_context.height, fps, int(s.frames or 0))
     except (av.FFmpegError, UnicodeDecodeError) as exc:

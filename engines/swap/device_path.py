@@ -627,7 +627,7 @@ class DeviceFramePath:
         frames = g.work if sel is None else g.work[sel]
         if lab.label.enabled:  # VisibleLabel.draw
             draw_badge(frames, *self._badge(g.hw))
-        if lab.config.watermark_enabled:  # Watermarker.embed
+        if lab.config.watermark_enabled and lab.watermarker.fits(*g.hw):  # SyntheticLabeller: Watermarker.embed
             add_watermark(frames, self._watermark_ops(g.hw), lab.watermarker.config)
         if sel is not None:
             g.work[sel] = frames

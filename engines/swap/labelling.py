@@ -148,7 +148,11 @@ class VisibleLabel:
             if layout["w"] + 2 * margin <= fw and layout["h"] + 2 * margin <= fh or main_px <= 6:
                 break
             main_px *= 0.8
-        bw, bh = min(layout["w"], fw), min(layout["h"], fh)
+        # The badge stays inside the frame: on a frame too small for it (under ~130x40 px) it is cut at the edge,
+        # down to nothing on a frame no larger than its margin.
+        bw, bh = min(layout["w"], max(0, fw - margin)), min(layout["h"], max(0, fh - margin))
+        if bw == 0 or bh == 0:
+            return _Badge(0, 0, np.ones((0, 0, 1), np.float32), np.zeros((0, 0, 3), np.float32))
         # Layer 1: translucent box and opaque accent bar. Layer 2: antialiased text (and the dot).
         a1 = np.full((bh, bw), cfg.background_opacity, np.float32)
         c1 = np.empty((bh, bw, 3), np.float32)
@@ -366,6 +370,11 @@ class Watermarker:
         z = float(r @ t.template) / norm * math.sqrt(r.size)
         return z, r, t
 
+    def fits(self, height: int, width: int) -> bool:
+        """Whether a frame of this size can carry the watermark (at least one pixel per grid cell)."""
+        gh, gw = self.config.grid
+        return height >= gh and width >= gw
+
     def _check_size(self, frame_bgr: np.ndarray) -> tuple[int, int]:
         _check_frame(frame_bgr)
         h, w = frame_bgr.shape[:2]
@@ -463,7 +472,8 @@ class SyntheticLabeller:
 
     def __call__(self, frame_bgr: np.ndarray) -> np.ndarray:
         out = self.label.draw(frame_bgr)
-        if self.config.watermark_enabled:
+        # A frame smaller than the watermark's grid (96x72 by default) cannot carry it: it keeps the badge only.
+        if self.config.watermark_enabled and self.watermarker.fits(*out.shape[:2]):
             out = self.watermarker.embed(out)
         return out
 
