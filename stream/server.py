@@ -42,7 +42,7 @@ from swapwatch.engines.deepfake import DeepfakeDetector
 from swapwatch.engines.faces import FaceDetector
 from swapwatch.engines.runtime import decode_image
 from swapwatch.engines.swap import Swapper, judge_source
-from swapwatch.errors import InputError, ModelError
+from swapwatch.errors import InputError, InputTooLarge, ModelError
 from swapwatch.stream.channel import SessionChannel
 from swapwatch.stream.metrics import PROMETHEUS_CONTENT_TYPE, ServerStats, SessionStats, render_prometheus
 from swapwatch.stream.offer import OfferError, OfferRequest, SessionSettings
@@ -177,8 +177,12 @@ class SwapwatchServer:
             data.extend(chunk)
             if len(data) > limit:
                 return _error(413, f"upload larger than {limit} bytes")
+        sc = self.config.server
         try:
-            image = await asyncio.to_thread(decode_image, bytes(data), name=part.filename or "upload")
+            image = await asyncio.to_thread(decode_image, bytes(data), name=part.filename or "upload",
+                                            max_pixels=sc.max_image_pixels, max_side=sc.max_source_side)
+        except InputTooLarge as exc:  # checked from the header, before a pixel is decoded
+            return _error(413, str(exc))
         except InputError as exc:
             return _error(400, str(exc))
         faces = await self.worker.run(self.detector.detect, image)  # the models' one thread

@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+# Pixels an image may declare before any of them is decoded (uploads, CLI photos): a 2.8 MB PNG can declare
+# 30000x30000 (2.7 GB decoded). 50 MP is above any common camera photo (48 MP phone sensors): 150 MB decoded.
+MAX_IMAGE_PIXELS = 50_000_000
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
     name: str = "yunet"  # mtcnn | yunet | scrfd
@@ -26,6 +31,10 @@ class ServerConfig:
     port: int = 8080
     max_sessions: int = 4
     max_upload_bytes: int = 10 * 1024 * 1024
+    # Source photos: refused above max_image_pixels (from the header, before decoding) and kept at most
+    # max_source_side pixels on their longer side (the swappers' crops are 512 px at most; no full-size copy).
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_source_side: int = 2048
     # Access. No token: no auth asked. Allowed origins: checked on the websocket and /offer when set (a
     # browser always sends Origin; a request without one is a non-browser client and the token guards it).
     token: str | None = None

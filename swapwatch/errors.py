@@ -13,6 +13,10 @@ class InputError(SwapwatchError):
     exit_code = 2
 
 
+class InputTooLarge(InputError):
+    """An input is larger than a limit allows (bytes, pixels); refused before the expensive step."""
+
+
 class ModelError(SwapwatchError):
     """A model is unknown, missing from the cache, corrupt, or fails its hash check."""
 

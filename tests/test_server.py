@@ -14,9 +14,11 @@ from swapwatch.config import Config, ServerConfig
 from swapwatch.stream.server import SwapwatchServer
 
 
-def with_server(detector, scenario, *, max_upload_bytes: int = 2 * 1024 * 1024, server=None):
+def with_server(detector, scenario, *, server=None, **options):
+    """``scenario(http, server)`` against a live server; ``options`` are ServerConfig fields (uploads up to
+    2 MiB unless they say)."""
     async def main():
-        config = Config(server=ServerConfig(max_upload_bytes=max_upload_bytes))
+        config = Config(server=ServerConfig(**{"max_upload_bytes": 2 * 1024 * 1024, **options}))
         nonlocal server
         server = server or SwapwatchServer(config, detector)
         async with TestServer(server.app(), host="127.0.0.1") as ts:
@@ -281,3 +283,51 @@ def test_monitor_sessions_get_their_own_deepfake_windows(detector, clips):
             assert (await r.json())["deepfake_model"] == "default"
 
     with_server(detector, scenario, server=server)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A small PNG whose header declares ``width`` x ``height`` pixels (the data stops after a few rows): a
+    decompression bomb as far as the header says, a few kilobytes on the wire."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    rows = zlib.compress(b"\x00" * (1 + 3 * width) * 8)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("width,height", [(30000, 30000), (9000, 9000)])
+def test_decompression_bombs_are_refused_from_the_header(detector, width, height):
+    """A photo declaring more pixels than max_image_pixels gets 413 before anything is decoded (issue 17: a
+    2.8 MB PNG declaring 30000x30000 was decoded to 2.6 GB); 9000x9000 is under Pillow's own bomb limit but
+    over swapwatch's 50 MP."""
+    async def scenario(http, server):
+        async with http.post("/sources", data=form(png_declaring(width, height), filename="bomb.png",
+                                                   content_type="image/png")) as r:
+            body = await r.json()
+            assert r.status == 413 and "pixels" in body["error"] and "bomb.png" in body["error"], body
+        assert len(server.sources) == 0
+
+    with_server(detector, scenario)
+
+
+def test_large_photos_are_kept_shrunk(detector, face_photos):
+    """A photo larger than max_source_side is kept at that size (no full-size copy); the answer's size and face
+    box are in the kept pixels, which the page scales back onto its preview."""
+    photo = cv2.imread(str(next(p for p in face_photos if p.name == "max_Chris.jpeg")))
+    big = cv2.resize(photo, (photo.shape[1] * 4, photo.shape[0] * 4), interpolation=cv2.INTER_CUBIC)
+
+    async def scenario(http, server):
+        data = cv2.imencode(".jpg", big)[1].tobytes()
+        async with http.post("/sources", data=form(data)) as r:
+            body = await r.json()
+            assert r.status == 200, body
+        kept = server.sources.get(body["id"]).image
+        assert max(kept.shape[:2]) == 1024 and body["size"] == [kept.shape[1], kept.shape[0]]
+        x1, y1, x2, y2 = body["face"]["box"]
+        assert 0 <= x1 < x2 <= kept.shape[1] and 0 <= y1 < y2 <= kept.shape[0]
+
+    with_server(detector, scenario, max_source_side=1024, max_upload_bytes=8 * 1024 * 1024)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from swapwatch.errors import InputError
+from swapwatch.config import MAX_IMAGE_PIXELS
+from swapwatch.errors import InputError, InputTooLarge
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -36,13 +38,50 @@ def check_file(path: str | Path) -> Path:
     return path
 
 
-def decode_image(data: bytes, *, name: str = "image") -> np.ndarray:
-    """Decode encoded image bytes (JPEG, PNG, ...) to BGR uint8, or raise InputError."""
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from an encoded image's header, without decoding its pixels (Pillow reads headers
+    lazily); None when Pillow does not know the format. Raises :class:`InputTooLarge` for a size so large that
+    Pillow refuses even to open it (a decompression bomb)."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                return im.size
+    except Image.DecompressionBombError:
+        raise InputTooLarge(f"image declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels") from None
+    except Exception:  # noqa: BLE001 - any parse failure: leave the verdict to the decoder
+        return None
+
+
+def decode_image(data: bytes, *, name: str = "image", max_pixels: int | None = MAX_IMAGE_PIXELS,
+                 max_side: int | None = None) -> np.ndarray:
+    """Decode encoded image bytes (JPEG, PNG, ...) to BGR uint8, or raise InputError.
+
+    ``max_pixels``: the size the header declares is checked before decoding (:class:`InputTooLarge` above it).
+    ``max_side``: a larger image is shrunk (area averaging) so that its longer side is ``max_side``, and no
+    full-size copy is kept.
+    """
     if not data:
         raise InputError(f"{name}: file is empty")
+    if max_pixels is not None:
+        try:
+            size = image_size(data)
+        except InputTooLarge as exc:
+            raise InputTooLarge(f"{name}: {exc}; the limit is {max_pixels:,} pixels") from None
+        if size is not None and size[0] * size[1] > max_pixels:
+            raise InputTooLarge(f"{name}: {size[0]}x{size[1]} pixels is more than the {max_pixels:,} allowed; "
+                                f"send a smaller photo")
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
         raise InputError(f"{name}: not a readable image (supported: {', '.join(sorted(IMAGE_SUFFIXES))})")
+    if max_side is not None and max(image.shape[:2]) > max_side:
+        scale = max_side / max(image.shape[:2])
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     return image
 
 
