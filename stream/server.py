@@ -87,7 +87,7 @@ class SwapwatchServer:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.server.max_upload_bytes + 64 * 1024,
-                              middlewares=[self.access.middleware()])
+                              middlewares=[self.access.middleware(self._refused)])
         app.router.add_get("/", self.index)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
@@ -101,6 +101,11 @@ class SwapwatchServer:
         app.on_shutdown.append(self._shutdown)
         app.on_cleanup.append(self._cleanup)
         return app
+
+    def _refused(self, request: web.Request, reason: str) -> None:
+        """The access middleware refused a request (auth, origin): offers count in the rejection stats."""
+        if request.path == "/offer":
+            self.stats.reject(reason)
 
     # ---- lifecycle ------------------------------------------------------------------------------------
 
@@ -209,8 +214,6 @@ class SwapwatchServer:
         --json``. Query: ``max_frames``, ``detect_every``. The upload lives in a temporary file only for the
         request and is deleted afterwards, whatever happens."""
         sc = self.config.server
-        if not self.access.origin_ok(request):
-            return _error(403, "origin not allowed")
         limit = sc.max_detect_bytes
         if request.content_length is not None and request.content_length > limit + 64 * 1024:
             return _error(413, f"upload larger than {limit} bytes")
@@ -328,9 +331,6 @@ class SwapwatchServer:
 
     async def offer(self, request: web.Request) -> web.Response:
         sc = self.config.server
-        if not self.access.origin_ok(request):
-            self.stats.reject("origin")
-            return _error(403, "origin not allowed")
         if request.content_length is not None and request.content_length > sc.max_offer_bytes:
             self.stats.reject("bad_offer")
             return _error(400, f"offer larger than {sc.max_offer_bytes} bytes")
@@ -410,8 +410,6 @@ class SwapwatchServer:
         return web.json_response({"closed": session.id})
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
-        if not self.access.origin_ok(request):
-            return _error(403, "origin not allowed")
         session = self.sessions.get(request.match_info["session"])
         if session is None:
             return _error(404, "no such session")

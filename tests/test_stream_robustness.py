@@ -335,3 +335,59 @@ def test_origin_is_checked_on_the_websocket_and_offers(detector, small_clip):
         await probe.close()
 
     run_server(detector, scenario, allowed_origins=("https://good.example",))
+
+
+@pytest.mark.parametrize("allowed", [(), ("https://good.example",)])
+def test_every_state_changing_endpoint_refuses_another_sites_origin(detector, small_clip, source_photo, allowed):
+    """One table for every state-changing endpoint and the websocket, with and without --allowed-origin: a page
+    on another site gets 403 (and changes nothing); the server's own origin, an allowed one and a client that
+    sends no Origin (not a browser) get through. Issue 17 found /sources open to cross-site uploads."""
+    async def scenario(http, server):
+        async with http.get("/health") as r:  # the server's own origin, as a browser on its page sends it
+            own = f"{r.url.scheme}://{r.url.host}:{r.url.port}"
+        photo = source_photo.read_bytes()
+        sdp = await real_offer_sdp()
+        probe = Probe(http, small_clip * 40, mode="monitor")
+        await probe.start()
+
+        def upload_form():
+            fd = aiohttp.FormData()
+            fd.add_field("file", photo, filename="face.png", content_type="image/png")
+            return fd
+
+        requests = {  # name -> (method, path, kwargs, status when let through)
+            "POST /sources": ("POST", "/sources", lambda: {"data": upload_form()}, 200),
+            "POST /offer": ("POST", "/offer",
+                            lambda: {"json": {"sdp": sdp, "type": "offer", "mode": "monitor"}}, 200),
+            "POST /detect": ("POST", "/detect?name=x.mp4", lambda: {"data": b"not a video"}, 400),
+            "DELETE /sessions/{id}": ("DELETE", "/sessions/not-a-session", lambda: {}, 404),
+        }
+        origins = {"https://evil.example": False, own: True, None: True}
+        origins.update({o: True for o in allowed})
+        for name, (method, path, kwargs, through) in requests.items():
+            for origin, ok in origins.items():
+                headers = {} if origin is None else {"Origin": origin}
+                sources_before = len(server.sources)
+                async with http.request(method, path, headers=headers, **kwargs()) as r:
+                    body = await r.json()
+                    assert r.status == (through if ok else 403), (name, origin, r.status, body)
+                if not ok:
+                    assert "not allowed" in body["error"] and len(server.sources) == sources_before, (name, origin)
+            for session_id in [s for s in server.sessions if s != probe.session]:  # offers let through
+                await server.sessions[session_id].close("test")
+        for origin, ok in origins.items():
+            headers = {} if origin is None else {"Origin": origin}
+            if ok:
+                async with http.ws_connect(f"/ws/{probe.session}", headers=headers) as ws:
+                    assert (await ws.receive_json(timeout=5))["type"] == "hello"
+            else:
+                with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+                    await http.ws_connect(f"/ws/{probe.session}", headers=headers)
+                assert err.value.status == 403
+        async with http.get("/health", headers={"Origin": "https://evil.example"}) as r:
+            assert r.status == 200  # reading is not changing: no Origin check
+        await probe.close()
+        return server.stats.sessions_rejected
+
+    rejected = run_server(detector, scenario, allowed_origins=allowed)
+    assert rejected.get("origin") == 1  # the refused offer is counted

@@ -21,8 +21,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--token", default=None,
                    help="require 'Authorization: Bearer TOKEN' (the websocket also takes ?token=TOKEN)")
     p.add_argument("--allowed-origin", dest="allowed_origins", action="append", default=[], metavar="ORIGIN",
-                   help="accept websockets and offers from this page origin only (repeatable), "
-                        "e.g. https://swap.example.org")
+                   help="also accept websockets, offers, uploads and deletes from pages of this origin (repeatable; "
+                        "the server's own origin is always accepted, other sites' pages never), e.g. "
+                        "https://swap.example.org")
     p.add_argument("--ice-server", dest="ice_servers", action="append", default=[], metavar="URL",
                    help="STUN/TURN server (repeatable; aiortc uses the first STUN and the first TURN), e.g. "
                         "stun:stun.example.org:3478 or turn:turn.example.org:3478?transport=udp; "
