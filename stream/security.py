@@ -15,10 +15,13 @@ rewrites Host, name the public origin with ``--allowed-origin``.
 from __future__ import annotations
 
 import hmac
+import logging
+import re
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 PUBLIC_PATHS = frozenset({"/"})
 PUBLIC_PAGES = frozenset({"/detect"})  # public for GET only (the page); POST /detect is an upload
@@ -78,3 +81,26 @@ class AccessPolicy:
             return await handler(request)
 
         return check_access
+
+
+class RedactedAccessLogger(AbstractAccessLogger):
+    """aiohttp's access log without secrets: a ``token`` in the query is replaced by ``***`` and a session id (the
+    only key to a session) is cut to its first 6 characters, as in the rest of the server's log."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info('%s %s "%s %s" %s %s %.1f ms', request.remote, request.headers.get("Origin", "-"),
+                         request.method, redact_path(request.path_qs), response.status, response.body_length,
+                         time * 1000.0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+
+_SESSION_PATH = re.compile(r"^/(ws|sessions)/([^/?]{6})[^/?]*")
+_TOKEN_QUERY = re.compile(r"([?&]token=)[^&]*")
+
+
+def redact_path(path_qs: str) -> str:
+    """``/ws/abcdef123...?token=s3cret`` -> ``/ws/abcdef…?token=***``."""
+    return _TOKEN_QUERY.sub(r"\1***", _SESSION_PATH.sub(r"/\1/\2…", path_qs))

@@ -331,3 +331,30 @@ def test_large_photos_are_kept_shrunk(detector, face_photos):
         assert 0 <= x1 < x2 <= kept.shape[1] and 0 <= y1 < y2 <= kept.shape[0]
 
     with_server(detector, scenario, max_source_side=1024, max_upload_bytes=8 * 1024 * 1024)
+
+
+def test_the_access_log_keeps_no_secrets(tmp_path):
+    """At --log-level debug the access log is on: a token in the query never reaches it, nor a whole session
+    id (issue 17: `?token=SECRET` and full session ids were logged on every /ws and DELETE line)."""
+    import urllib.error
+    import urllib.request
+
+    from browser_util import ServerProcess
+
+    from swapwatch.stream.security import redact_path
+
+    assert redact_path("/ws/AbCdEf0123456789xyz?token=s3cret&x=1") == "/ws/AbCdEf…?token=***&x=1"
+    assert redact_path("/sessions/AbCdEf0123456789xyz") == "/sessions/AbCdEf…"
+    log = tmp_path / "serve.log"
+    secret, session = "t0p-s3cret-token", "Zq9xWv8uTs7rQp6oNm5lKj4i"
+    with ServerProcess("--model", "classic", "--deepfake-model", "off", "--log-level", "debug", token=secret,
+                       log_path=log) as server:
+        for path in (f"ws/{session}?token={secret}", f"sessions/{session}?token={secret}"):
+            request = urllib.request.Request(server.url + path, method="DELETE" if "sessions" in path else "GET")
+            try:
+                urllib.request.urlopen(request, timeout=5).close()
+            except urllib.error.HTTPError as exc:
+                assert 400 <= exc.code < 500, exc  # no such session, or the token not taken from a query here
+    text = log.read_text()
+    assert secret not in text and session not in text, text[-2000:]
+    assert f"/ws/{session[:6]}…?token=***" in text and f"/sessions/{session[:6]}…" in text, text[-2000:]

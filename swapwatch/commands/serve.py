@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from swapwatch.engines.faces import create_detector
     from swapwatch.engines.swap import create_swapper
     from swapwatch.errors import InputError
+    from swapwatch.stream.security import RedactedAccessLogger
     from swapwatch.stream.server import SwapwatchServer
 
     try:
@@ -86,6 +87,6 @@ def run(args: argparse.Namespace) -> int:
              f"head every {config.deepfake.score_stride} score(s))")
     server = SwapwatchServer(config, detector, swapper, deepfake=deepfake)
     print(f"swapwatch serving on http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
-    web.run_app(server.app(), host=args.host, port=args.port, print=None)
+    web.run_app(server.app(), host=args.host, port=args.port, print=None, access_log_class=RedactedAccessLogger)
     log.info("swapwatch stopped")
     return 0
