@@ -26,7 +26,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -178,10 +178,13 @@ class SwapwatchServer:
         if ctype and ctype not in ALLOWED_UPLOAD_TYPES:
             return _error(415, f"unsupported type {ctype}; send a JPEG, PNG, WebP or BMP image")
         data = bytearray()
-        while chunk := await part.read_chunk(64 * 1024):
-            data.extend(chunk)
-            if len(data) > limit:
-                return _error(413, f"upload larger than {limit} bytes")
+        try:
+            async for chunk in _chunks(part.read_chunk, self.config.server.upload_read_timeout):
+                data.extend(chunk)
+                if len(data) > limit:
+                    return _error(413, f"upload larger than {limit} bytes")
+        except UploadStalled as exc:
+            return _error(408, str(exc))
         sc = self.config.server
         try:
             image = await asyncio.to_thread(decode_image, bytes(data), name=part.filename or "upload",
@@ -221,17 +224,19 @@ class SwapwatchServer:
             options = _detect_options(request.query, sc.detect_max_frames)
         except ValueError as exc:
             return _error(400, str(exc))
-        if self._detecting >= sc.max_detect_jobs:
-            return web.json_response({"error": f"busy: {self._detecting} video analysis(es) running; try again "
-                                               "later"}, status=503, headers={"Retry-After": "10"})
-        self._detecting += 1
         held: list[Path] = []
         handed_over = False
         try:
+            # The upload arrives before an analysis slot is taken, each read under a timeout: a client that sends
+            # a few bytes and waits holds only its own connection, never the slot (issue 17).
             got = await self._receive_video(request, limit, held)
             if isinstance(got, web.Response):
                 return got
             path, name = got
+            if self._detecting >= sc.max_detect_jobs:
+                return web.json_response({"error": f"busy: {self._detecting} video analysis(es) running; try "
+                                                   "again later"}, status=503, headers={"Retry-After": "10"})
+            self._detecting += 1
             # The thread cannot be cancelled: it releases the slot and deletes the file when it ends.
             job = asyncio.ensure_future(asyncio.to_thread(self._analyse_upload, path, name, options))
             job.add_done_callback(lambda fut: self._detect_done(fut, path))
@@ -247,8 +252,8 @@ class SwapwatchServer:
                 return _error(500, f"analysis failed ({exc.__class__.__name__})")
             return web.json_response(report)
         finally:
-            if not handed_over:
-                self._detect_done(None, held[0] if held else None)
+            if not handed_over and held:
+                _delete(held[0])
 
     async def _receive_video(self, request: web.Request, limit: int, held: list[Path]):
         """Stream the upload into a new temporary file (its path appended to ``held`` at once): (path, name),
@@ -273,11 +278,14 @@ class SwapwatchServer:
         held.append(Path(tmp))
         size = 0
         with os.fdopen(fd, "wb") as fh:
-            while chunk := await read(64 * 1024):
-                size += len(chunk)
-                if size > limit:
-                    return _error(413, f"upload larger than {limit} bytes")
-                fh.write(chunk)
+            try:
+                async for chunk in _chunks(read, self.config.server.upload_read_timeout):
+                    size += len(chunk)
+                    if size > limit:
+                        return _error(413, f"upload larger than {limit} bytes")
+                    fh.write(chunk)
+            except UploadStalled as exc:
+                return _error(408, str(exc))
         if size == 0:
             return _error(400, f"{name}: the upload is empty")
         return Path(tmp), name
@@ -317,14 +325,10 @@ class SwapwatchServer:
                 self._offline = (deepfake, faces, model)
             return self._offline
 
-    def _detect_done(self, job: asyncio.Future | None, path: Path | None) -> None:
+    def _detect_done(self, job: asyncio.Future, path: Path) -> None:
         self._detecting -= 1
-        if path is not None:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-        if job is not None and not job.cancelled():
+        _delete(path)
+        if not job.cancelled():
             job.exception()  # retrieved here too, in case the handler is gone
 
     # ---- sessions -------------------------------------------------------------------------------------
@@ -421,6 +425,30 @@ class SwapwatchServer:
 
 def _error(status: int, reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=status)
+
+
+class UploadStalled(Exception):
+    """No byte of an upload arrived for the read timeout."""
+
+
+async def _chunks(read: Callable[[int], Awaitable[bytes]], timeout: float,
+                  size: int = 64 * 1024) -> AsyncIterator[bytes]:
+    """An upload's chunks, each read within ``timeout`` seconds (:class:`UploadStalled` otherwise)."""
+    while True:
+        try:
+            chunk = await asyncio.wait_for(read(size), timeout)
+        except asyncio.TimeoutError:
+            raise UploadStalled(f"upload stalled: no data for {timeout:g} s") from None
+        if not chunk:
+            return
+        yield chunk
+
+
+def _delete(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _safe_name(name: str) -> str:

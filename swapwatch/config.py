@@ -35,6 +35,9 @@ class ServerConfig:
     # max_source_side pixels on their longer side (the swappers' crops are 512 px at most; no full-size copy).
     max_image_pixels: int = MAX_IMAGE_PIXELS
     max_source_side: int = 2048
+    # An upload (/sources, /detect) that sends nothing for this long is dropped with 408; /detect's analysis slot
+    # is taken only once the whole upload has arrived.
+    upload_read_timeout: float = 10.0
     # Access. No token: no auth asked. Allowed origins: checked on the websocket and /offer when set (a
     # browser always sends Origin; a request without one is a non-browser client and the token guards it).
     token: str | None = None
@@ -84,7 +87,8 @@ class ServerConfig:
             raise ValueError("max_detect_bytes, max_detect_jobs and detect_max_frames must be at least 1")
         if self.max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
-        for name in ("idle_timeout", "connect_timeout", "frame_deadline", "metrics_interval", "heartbeat_interval"):
+        for name in ("idle_timeout", "connect_timeout", "frame_deadline", "metrics_interval", "heartbeat_interval",
+                     "upload_read_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.out_queue < 1 or self.max_batch_faces < 1 or self.batch_window < 0:

@@ -304,6 +304,33 @@ def test_endpoint_upload_and_rejections(detector, grid_clip, face_photos, tmp_pa
     with_server(detector, scenario, max_detect_bytes=len(data) + 1024, detect_tmp_dir=str(uploads))
 
 
+def test_an_idle_upload_blocks_nobody_and_is_dropped(detector, grid_clip, tmp_path):
+    """Issue 17: a client that sends a few bytes of its upload and waits made every other /detect get 503. The
+    upload now arrives before the analysis slot is taken, and a stalled one is dropped (408) with its file."""
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    data = grid_clip.read_bytes()
+
+    async def scenario(http, server):
+        async with http.get("/health") as r:
+            host, port = r.url.host, r.url.port
+        reader, writer = await asyncio.open_connection(host, port)  # a careless client: headers, 10 bytes, silence
+        writer.write(f"POST /detect?name=slow.mpg HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                     f"Content-Type: application/octet-stream\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                     + data[:10])
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        assert server._detecting == 0  # it holds no slot while it dawdles
+        async with http.post("/detect?max_frames=10", data=video_form(data, "quick.mpg")) as r:
+            assert r.status == 200, await r.text()  # everyone else is served meanwhile
+        reply = await asyncio.wait_for(reader.read(4096), timeout=10)
+        assert reply.startswith(b"HTTP/1.1 408") and b"upload stalled" in reply, reply[:200]
+        writer.close()
+        assert server._detecting == 0 and list(uploads.iterdir()) == []
+
+    with_server(detector, scenario, detect_tmp_dir=str(uploads), upload_read_timeout=1.5)
+
+
 def test_endpoint_token_origin_and_page(detector, grid_clip):
     async def scenario(http, server):
         async with http.get("/detect") as r:  # the page is public, like GET /
