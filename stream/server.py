@@ -154,7 +154,8 @@ class SwapwatchServer:
             "ice_servers": list(sc.ice_servers), "auth": sc.token is not None,
             "max_detect_bytes": sc.max_detect_bytes,
             "recording": sc.record_dir is not None,
-            "deepfake_model": self.config.deepfake.model if self.deepfake is not None else None})
+            # The model's folder name only: /health is public and says nothing of the server's filesystem.
+            "deepfake_model": Path(self.config.deepfake.model).name if self.deepfake is not None else None})
 
     async def metrics(self, request: web.Request) -> web.Response:
         text = render_prometheus(self.stats, sessions=len(self.sessions), max_sessions=self.config.server.max_sessions,

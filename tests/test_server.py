@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 import cv2
@@ -358,3 +359,19 @@ def test_the_access_log_keeps_no_secrets(tmp_path):
     text = log.read_text()
     assert secret not in text and session not in text, text[-2000:]
     assert f"/ws/{session[:6]}…?token=***" in text and f"/sessions/{session[:6]}…" in text, text[-2000:]
+
+
+def test_health_names_a_model_folder_without_its_path(detector):
+    """/health is public: a --deepfake-model given as an absolute path shows as its folder's name only."""
+    from swapwatch.config import DeepfakeConfig
+    from swapwatch.engines.deepfake import DEFAULT_MODEL_DIR, create_deepfake_detector
+
+    config = Config(deepfake=DeepfakeConfig(model=str(DEFAULT_MODEL_DIR.resolve())))
+    server = SwapwatchServer(config, detector, deepfake=create_deepfake_detector(config.deepfake))
+
+    async def scenario(http, server):
+        async with http.get("/health") as r:
+            body = await r.json()
+        assert body["deepfake_model"] == DEFAULT_MODEL_DIR.name and "/" not in json.dumps(body["deepfake_model"])
+
+    with_server(detector, scenario, server=server)
