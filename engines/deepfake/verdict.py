@@ -52,10 +52,9 @@ class WatermarkEvidence:
     payload_ok: bool = False  # the payload (swapwatch's tag and version) read back whole on some frame
 
     def __call__(self, image: np.ndarray, t: float) -> None:
-        try:
-            result = self.watermarker.detect(image)
-        except ValueError:  # a frame smaller than the watermark's grid carries no mark
+        if not self.watermarker.fits(*image.shape[:2]):  # a frame smaller than the watermark's grid carries none
             return
+        result = self.watermarker.detect(image)
         self.checked += 1
         if result.found:
             self.found += 1

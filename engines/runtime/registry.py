@@ -194,10 +194,13 @@ _SBI_CONTRACT = ("dict {'model': state_dict of SBI's Detector (keys 'net.*': eff
                  "efficientnet-pytorch package (swapwatch[detectors])")
 
 
-def _sbi_source(variant: str, drive_id: str, name: str) -> LocalSource:
-    return LocalSource(f"SBI's {variant} weights: the '{variant}' link under 'Pretrained model' in {_SBI_HOMEPAGE} "
-                       f"(Google Drive https://drive.google.com/file/d/{drive_id}/view); then `swapwatch models "
-                       f"install {name} FILE`")
+def _sbi_entry(name: str, filename: str, variant: str, drive_id: str, description: str) -> ModelEntry:
+    """One of SBI's released checkpoints: user-provided, from its README's Google Drive link."""
+    hint = (f"SBI's {variant} weights: the '{variant}' link under 'Pretrained model' in {_SBI_HOMEPAGE} (Google "
+            f"Drive https://drive.google.com/file/d/{drive_id}/view); then `swapwatch models install {name} FILE`")
+    return ModelEntry(name=name, task="deepfake-detection", files=(ModelFile(filename, LocalSource(hint)),),
+                      licence=_SBI_LICENCE, contract=_SBI_CONTRACT, homepage=_SBI_HOMEPAGE, description=description,
+                      user_provided=True)
 
 
 _ENTRIES: tuple[ModelEntry, ...] = (
@@ -339,29 +342,13 @@ _ENTRIES: tuple[ModelEntry, ...] = (
                      "scorer after `swapwatch export deepfakebench --arch effnb4`"),
         user_provided=True,
     ),
-    ModelEntry(
-        name="sbi-effnb4",
-        task="deepfake-detection",
-        files=(ModelFile("FFraw.tar", _sbi_source("raw", "12sLyqBp0VFwdpA-oZLdIOkOTkz_ZnIhV", "sbi-effnb4")),),
-        licence=_SBI_LICENCE,
-        contract=_SBI_CONTRACT,
-        homepage=_SBI_HOMEPAGE,
-        description=("Self-Blended Images' EfficientNet-B4 trained on FaceForensics++ real videos only (raw; first "
-                     "released as sbi.tar; video AUC 93.82% on Celeb-DF v2 in its README); a detector folder after "
-                     "`swapwatch export sbi`"),
-        user_provided=True,
-    ),
-    ModelEntry(
-        name="sbi-effnb4-c23",
-        task="deepfake-detection",
-        files=(ModelFile("FFc23.tar", _sbi_source("c23", "1X0-NYT8KPursLZZdxduRQju6E52hauV0", "sbi-effnb4-c23")),),
-        licence=_SBI_LICENCE,
-        contract=_SBI_CONTRACT,
-        homepage=_SBI_HOMEPAGE,
-        description=("Self-Blended Images' EfficientNet-B4 trained on FaceForensics++ c23 real videos (92.87% on "
-                     "Celeb-DF v2 in its README); `swapwatch export sbi --checkpoint FILE` makes it a detector"),
-        user_provided=True,
-    ),
+    _sbi_entry("sbi-effnb4", "FFraw.tar", "raw", "12sLyqBp0VFwdpA-oZLdIOkOTkz_ZnIhV",
+               "Self-Blended Images' EfficientNet-B4 trained on FaceForensics++ real videos only (raw; first released "
+               "as sbi.tar; video AUC 93.82% on Celeb-DF v2 in its README); a detector folder after `swapwatch "
+               "export sbi`"),
+    _sbi_entry("sbi-effnb4-c23", "FFc23.tar", "c23", "1X0-NYT8KPursLZZdxduRQju6E52hauV0",
+               "Self-Blended Images' EfficientNet-B4 trained on FaceForensics++ c23 real videos (92.87% on Celeb-DF "
+               "v2 in its README); `swapwatch export sbi --checkpoint FILE` makes it a detector"),
     ModelEntry(
         name="bisenet-faceparsing",
         task="face-parsing",

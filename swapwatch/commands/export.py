@@ -222,15 +222,51 @@ class ArcFaceTarget(_CheckedGraphTarget):
         return parity_inputs()
 
 
-class DeepfakeBenchTarget(ExportTarget):
+class _DetectorFolderTarget(ExportTarget):
+    """A released frame detector's checkpoint -> a detector folder for detect/monitor/serve (scorer.onnx,
+    head.onnx with the mean frame probability over a window, detector.json): the options and steps DeepfakeBench's
+    and SBI's exports share."""
+
+    tolerance = DETECTOR_TOLERANCE
+    # The export's defaults, repeated so that building the parser imports no torch (each target's tests check
+    # that they agree).
+    defaults: ClassVar[dict[str, float]]
+    window_note: ClassVar[str] = ""
+
+    def add_window_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--window", type=int, default=self.defaults["window"],
+                            help="frames per window; the window score is their mean probability "
+                                 f"(default: %(default)s{self.window_note})")
+        parser.add_argument("--threshold", type=float, default=self.defaults["threshold"],
+                            help="window probability above which a face is called fake (default: %(default)s)")
+
+    @staticmethod
+    def checkpoint(args: argparse.Namespace, registry: tuple[str, str] | None) -> Path:
+        """``--checkpoint`` (which must exist), else the registry's ``(model, filename)`` from the model cache."""
+        from swapwatch.errors import InputError
+
+        if args.checkpoint is not None:
+            if not args.checkpoint.is_file():
+                raise InputError(f"checkpoint not found: {args.checkpoint}")
+            return args.checkpoint
+        from swapwatch.engines.runtime import ensure_model
+
+        name, filename = registry
+        return ensure_model(name)[filename]
+
+    @staticmethod
+    def report(label: str, info, args: argparse.Namespace, started: float) -> None:
+        from swapwatch.export.onnx_export import describe_parity
+
+        print(f"{label} vs PyTorch: {describe_parity(info.extra)} ({time.perf_counter() - started:.1f} s) -> "
+              f"{args.output_dir} (load it with --model {args.output_dir}; licence {info.extra['licence']})")
+
+
+class DeepfakeBenchTarget(_DetectorFolderTarget):
     name = "deepfakebench"
     help = ("A released DeepfakeBench detector (xception_best.pth, effnb4_best.pth) to a detector folder for "
             "detect/monitor/serve: scorer.onnx (256x256 crops -> features, fake logit), head.onnx (mean frame "
             "probability over the window) and detector.json. CC BY-NC 4.0 weights.")
-    tolerance = DETECTOR_TOLERANCE
-
-    # The defaults of swapwatch.export.deepfakebench, repeated so that building the parser imports no torch
-    # (tests/test_deepfakebench.py checks that they agree).
     archs: ClassVar[tuple[str, ...]] = ("effnb4", "xception")
     defaults: ClassVar[dict[str, float]] = {"window": 20, "threshold": 0.5, "resolution": 256, "face_scale": 1.0 / 1.3}
 
@@ -242,11 +278,7 @@ class DeepfakeBenchTarget(ExportTarget):
         parser.add_argument("--checkpoint", type=Path, default=None,
                             help="the released state_dict (default: the registry's deepfakebench-ARCH file in "
                                  "the model cache, fetched from DeepfakeBench's v1.0.1 release if missing)")
-        parser.add_argument("--window", type=int, default=d["window"],
-                            help="frames per window; the window score is their mean probability "
-                                 "(default: %(default)s)")
-        parser.add_argument("--threshold", type=float, default=d["threshold"],
-                            help="window probability above which a face is called fake (default: %(default)s)")
+        self.add_window_arguments(parser)
         parser.add_argument("--resolution", type=int, default=d["resolution"],
                             help="crop size fed to the network (DeepfakeBench trains at %(default)s)")
         parser.add_argument("--face-scale", type=float, default=d["face_scale"],
@@ -256,40 +288,28 @@ class DeepfakeBenchTarget(ExportTarget):
     def run(self, args: argparse.Namespace) -> int:
         from swapwatch.errors import InputError
         from swapwatch.export.deepfakebench import ARCHS, export_deepfakebench
-        from swapwatch.export.onnx_export import describe_parity
 
-        checkpoint = args.checkpoint
-        if checkpoint is None:
-            if args.arch is None:
-                raise InputError("give --checkpoint FILE or --arch (to use the registry's deepfakebench-ARCH file)")
-            from swapwatch.engines.runtime import ensure_model
-
-            arch = ARCHS[args.arch]
-            checkpoint = ensure_model(arch.registry)[arch.filename]
-        elif not checkpoint.is_file():
-            raise InputError(f"checkpoint not found: {checkpoint}")
-        start = time.perf_counter()
+        if args.checkpoint is None and args.arch is None:
+            raise InputError("give --checkpoint FILE or --arch (to use the registry's deepfakebench-ARCH file)")
+        arch = ARCHS[args.arch] if args.checkpoint is None else None
+        checkpoint = self.checkpoint(args, (arch.registry, arch.filename) if arch is not None else None)
+        started = time.perf_counter()
         info = export_deepfakebench(checkpoint, args.output_dir, arch=args.arch, window=args.window,
                                     threshold=args.threshold, resolution=args.resolution,
                                     face_scale=args.face_scale, tolerance=self.parity_tolerance(args),
                                     opset=args.opset)
-        print(f"deepfakebench-{info.extra['arch']} vs PyTorch: {describe_parity(info.extra)} "
-              f"({time.perf_counter() - start:.1f} s) -> {args.output_dir} (load it with --model {args.output_dir}; "
-              f"licence {info.extra['licence']})")
+        self.report(f"deepfakebench-{info.extra['arch']}", info, args, started)
         return 0
 
 
-class SBITarget(ExportTarget):
+class SBITarget(_DetectorFolderTarget):
     name = "sbi"
     help = ("Self-Blended Images' EfficientNet-B4 (FFraw.tar or FFc23.tar from its README) to a detector folder for "
             "detect/monitor/serve: scorer.onnx (380x380 crops -> features, fake logit), head.onnx (mean frame "
             "probability over the window) and detector.json. Noncommercial research use only.")
-    tolerance = DETECTOR_TOLERANCE
-
-    # The defaults of swapwatch.export.sbi, repeated so that building the parser imports no torch
-    # (tests/test_sbi_export.py checks that they agree).
     registry: ClassVar[tuple[str, str]] = ("sbi-effnb4", "FFraw.tar")
     defaults: ClassVar[dict[str, float]] = {"window": 32, "threshold": 0.5}
+    window_note: ClassVar[str] = ", SBI's frame count per video"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         name, filename = self.registry
@@ -297,30 +317,16 @@ class SBITarget(ExportTarget):
                             help=f"SBI's checkpoint (default: the registry's {name} file, {filename}, which you "
                                  f"download from SBI's README and put in the cache with `swapwatch models install "
                                  f"{name} FILE`)")
-        parser.add_argument("--window", type=int, default=self.defaults["window"],
-                            help="frames per window; the window score is their mean probability "
-                                 "(default: %(default)s, SBI's frame count per video)")
-        parser.add_argument("--threshold", type=float, default=self.defaults["threshold"],
-                            help="window probability above which a face is called fake (default: %(default)s)")
+        self.add_window_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from swapwatch.errors import InputError
-        from swapwatch.export.onnx_export import describe_parity
         from swapwatch.export.sbi import export_sbi
 
-        checkpoint = args.checkpoint
-        if checkpoint is None:
-            from swapwatch.engines.runtime import ensure_model
-
-            name, filename = self.registry
-            checkpoint = ensure_model(name)[filename]
-        elif not checkpoint.is_file():
-            raise InputError(f"checkpoint not found: {checkpoint}")
-        start = time.perf_counter()
+        checkpoint = self.checkpoint(args, self.registry)
+        started = time.perf_counter()
         info = export_sbi(checkpoint, args.output_dir, window=args.window, threshold=args.threshold,
                           tolerance=self.parity_tolerance(args), opset=args.opset)
-        print(f"sbi vs PyTorch: {describe_parity(info.extra)} ({time.perf_counter() - start:.1f} s) -> "
-              f"{args.output_dir} (load it with --model {args.output_dir}; licence {info.extra['licence']})")
+        self.report("sbi", info, args, started)
         return 0
 
 
