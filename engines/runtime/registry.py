@@ -1,8 +1,8 @@
 """The model registry: what each model file is, where it comes from, its sha256 and its licence.
 
 Entries are declarative and frozen; adding a model is one :class:`ModelEntry` in ``_ENTRIES``. Files live in
-``<models_home()>/models/<name>/<filename>``. Fetching (mirror folders, HTTPS, PyPI wheels, atomic writes and
-hash checks) is in :mod:`swapwatch.engines.runtime.fetch`; this module only decides *what* is needed.
+``<models_home()>/models/<name>/<filename>``. Fetching (mirror folders, HTTPS, PyPI wheels and sdists, atomic
+writes and hash checks) is in :mod:`swapwatch.engines.runtime.fetch`; this module only decides *what* is needed.
 
 Functions that take a model accept either a registered name or a :class:`ModelEntry`, so tests and callers
 can use entries that are not in :data:`REGISTRY` without mutating it.
@@ -44,11 +44,13 @@ class UrlSource:
 
 @dataclass(frozen=True)
 class PyPIWheelSource:
-    """A file inside a wheel on PyPI. The wheel is found through the package index (PEP 691) and checked by hash."""
+    """A file inside a release file on PyPI: a wheel (``.whl``, a zip) or a source distribution (``.tar.gz``),
+    told apart by ``wheel_filename``'s suffix. The archive is found through the package index (PEP 691), or by
+    its file name in a mirror folder, and checked by hash."""
 
     package: str
     version: str
-    wheel_filename: str
+    wheel_filename: str  # the archive's file name on the index: a wheel or an sdist
     wheel_sha256: str
     member: str
 
@@ -57,6 +59,13 @@ class PyPIWheelSource:
     def __post_init__(self) -> None:
         if not _SHA256_RE.match(self.wheel_sha256):
             raise ValueError(f"wheel_sha256 of {self.wheel_filename} must be 64 lowercase hex digits")
+        if not self.wheel_filename.endswith((".whl", ".tar.gz")):
+            raise ValueError(f"{self.wheel_filename} is neither a wheel (.whl) nor an sdist (.tar.gz)")
+
+    @property
+    def is_sdist(self) -> bool:
+        """True for a source distribution (a gzipped tar), False for a wheel (a zip)."""
+        return self.wheel_filename.endswith(".tar.gz")
 
     def describe(self) -> str:
         return f"pypi:{self.package}=={self.version} {self.wheel_filename} [{self.member}]"
@@ -101,9 +110,11 @@ Source = Union[UrlSource, PyPIWheelSource, LocalSource, PackagedSource]
 
 
 def source_kind(source: Source) -> str:
-    """Short label for listings: ``url``, ``url-zip``, ``pypi-wheel``, ``local`` or ``package``."""
+    """Short label for listings: ``url``, ``url-zip``, ``pypi-wheel``, ``pypi-sdist``, ``local`` or ``package``."""
     if isinstance(source, UrlSource) and source.member:
         return "url-zip"
+    if isinstance(source, PyPIWheelSource) and source.is_sdist:
+        return "pypi-sdist"
     return source.kind
 
 
@@ -164,6 +175,17 @@ _MTCNN_SHA256 = {
     "onet.pt": "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d",
 }
 
+# dlib's face-recognition ResNet (Davis King, dlib-models), as packaged in the face_recognition_models 0.3.0 sdist
+# on PyPI (sha256 as PyPI publishes it); the member's hash was computed from that sdist. The sdist's LICENSE is
+# "CC0 1.0 Universal"; its README: "These models were created by Davis King ... and are licensed in the public
+# domain or under CC0 1.0 Universal. See LICENSE." (its setup.py classifier says MIT, for the packaging code).
+# Read by swapwatch.export.dlib_resnet.
+_DLIB_RESNET_SDIST = {"package": "face-recognition-models", "version": "0.3.0",
+                      "wheel_filename": "face_recognition_models-0.3.0.tar.gz",
+                      "wheel_sha256": "b79bd200a88c87c9a9d446c990ae71c5a626d1f3730174e6d570157ff1d896cf"}
+_DLIB_RESNET_MEMBER = ("face_recognition_models-0.3.0/face_recognition_models/models/"
+                       "dlib_face_recognition_resnet_model_v1.dat")
+
 _INSIGHTFACE_LICENCE = "non-commercial research only (InsightFace pretrained models)"
 _INSIGHTFACE_RELEASE = "https://github.com/deepinsight/insightface/releases/download/v0.7"
 _SCRFD_CONTRACT = ("RGB 1x3xHxW float, (x-127.5)/128 (640x640 typical); 9 outputs: score, bbox, kps "
@@ -216,6 +238,21 @@ _ENTRIES: tuple[ModelEntry, ...] = (
                   "RGB NCHW float, (x-127.5)*0.0078125; O-Net gives box regression, 5 landmarks, face prob"),
         homepage="https://github.com/timesler/facenet-pytorch",
         description="MTCNN cascade face detector weights, taken from the facenet-pytorch wheel on PyPI",
+    ),
+    ModelEntry(
+        name="dlib-resnet-v1",
+        task="face-recognition",
+        files=(ModelFile("dlib_face_recognition_resnet_model_v1.dat",
+                         PyPIWheelSource(**_DLIB_RESNET_SDIST, member=_DLIB_RESNET_MEMBER),
+                         "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"),),
+        licence="CC0 1.0 (dlib-models; face_recognition_models' LICENSE)",
+        contract=("dlib's own serialisation of anet_type (loss_metric, ResNet-29, fc_no_bias 128), read by "
+                  "swapwatch.export.dlib_resnet; input [N,3,150,150] RGB 0..255 on a dlib face chip (5 points, "
+                  "padding 0.25), normalised inside as (x - (122.782, 117.001, 104.298)) / 256; output [N,128] "
+                  "descriptor, not normalised; same person when the Euclidean distance is below 0.6"),
+        homepage="https://github.com/davisking/dlib-models",
+        description=("dlib's face-recognition ResNet v1 (99.38% on LFW per dlib), from the face_recognition_models "
+                     "sdist on PyPI"),
     ),
     ModelEntry(
         name="yunet-2023mar",
@@ -349,6 +386,25 @@ _ENTRIES: tuple[ModelEntry, ...] = (
     _sbi_entry("sbi-effnb4-c23", "FFc23.tar", "c23", "1X0-NYT8KPursLZZdxduRQju6E52hauV0",
                "Self-Blended Images' EfficientNet-B4 trained on FaceForensics++ c23 real videos (92.87% on Celeb-DF "
                "v2 in its README); `swapwatch export sbi --checkpoint FILE` makes it a detector"),
+    # MediaPipe's 468-point FaceMesh (Apache-2.0), taken from the mediapipe wheel on PyPI (the wheel is PyPI's
+    # published sha256; the member's hash computed from it). Read without TensorFlow by
+    # swapwatch.export.mediapipe_facemesh.
+    ModelEntry(
+        name="mediapipe-facemesh",
+        task="face-landmarks",
+        files=(ModelFile("face_landmark.tflite", PyPIWheelSource(
+            package="mediapipe", version="0.10.21",
+            wheel_filename="mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl",
+            wheel_sha256="05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3",
+            member="mediapipe/modules/face_landmark/face_landmark.tflite"),
+            "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814"),),
+        licence="Apache-2.0",
+        contract=("TFLite FlatBuffer, float16 weights; input input_1 [1,192,192,3] RGB in [0,1] on a face crop "
+                  "(FaceMeshNet takes (N,3,192,192) 0..255); outputs conv2d_21 [1,1,1,1404] = 468 x (x, y, z) in "
+                  "pixels of the 192x192 input and conv2d_31 [1,1,1,1] face-presence logit (sigmoid > 0.5: face)"),
+        homepage="https://github.com/google-ai-edge/mediapipe/tree/master/mediapipe/modules/face_landmark",
+        description="MediaPipe FaceMesh 468-point face landmark model from the mediapipe 0.10.21 wheel on PyPI",
+    ),
     ModelEntry(
         name="bisenet-faceparsing",
         task="face-parsing",
