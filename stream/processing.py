@@ -3,6 +3,7 @@
     prepare(frame) : to BGR at the session's fixed size -> detect + track -> choose faces -> align crops
     [worker]       : swapper.generate on the crops of every session in the batch, at once
     finish(plan)   : mask -> colour -> paste back -> SYNTHETIC badge + watermark -> monitor -> yuv420p
+                     (the monitor's alert events and live verdict changes become websocket messages)
 
 It calls the session's own SwapPipeline stage by stage (``plan``, then the worker's batched ``generate``,
 then ``paste``), with one tracker per session. Everything
@@ -75,6 +76,8 @@ class Processed:
     held: bool  # the last swapped frame again (detector miss), not this frame
     events: list[dict[str, Any]]  # websocket alert messages
     timings: dict[str, float]
+    # websocket verdict messages: a face track's live verdict changed (news, not alerts: never counted as one)
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
 
 
 def output_size(width: int, height: int) -> tuple[int, int]:
@@ -137,7 +140,7 @@ class FrameProcessor:
             if identity is not None:
                 pipeline.sources[DEFAULT_SOURCE] = identity
         if not settings.monitors and monitor is not None:
-            events = _alerts(monitor.close())
+            events = _messages(monitor.close())
             monitor = None
         if not settings.swaps:
             self._last_swap = None
@@ -152,7 +155,7 @@ class FrameProcessor:
         return identity
 
     def close(self) -> list[dict[str, Any]]:
-        events = _alerts(self.monitor.close()) if self.monitor is not None else []
+        events = _messages(self.monitor.close()) if self.monitor is not None else []
         self.monitor = self.pipeline = None
         return events
 
@@ -214,9 +217,11 @@ class FrameProcessor:
             if not plan.device:
                 timings["label"] = clock() - t1
         events: list[dict[str, Any]] = []
+        verdicts: list[dict[str, Any]] = []
         if self.monitor is not None and not held:
             t0 = clock()
-            events = _alerts(self.monitor.process(out, plan.t, plan.faces))
+            events = _messages(self.monitor.process(out, plan.t, plan.faces))
+            verdicts = _messages(getattr(self.monitor.state, "verdict_changes", ()))  # a monitor may have none
             out = self.overlay(out, self.monitor, plan.faces)
             timings["monitor"] = clock() - t0
         elif self.settings.monitors and not held:  # no monitor installed: say so on the frame
@@ -229,7 +234,7 @@ class FrameProcessor:
             if swapped:
                 self._last_swap = (plan.t, yuv)
         timings["output"] = clock() - t0
-        return Processed(yuv, len(plan.faces), swapped, held, events, timings)
+        return Processed(yuv, len(plan.faces), swapped, held, events, timings, verdicts)
 
 
 def to_yuv420p(image_bgr: np.ndarray) -> np.ndarray:
@@ -238,7 +243,8 @@ def to_yuv420p(image_bgr: np.ndarray) -> np.ndarray:
     return av.VideoFrame.from_ndarray(image_bgr, format="bgr24").reformat(format="yuv420p").to_ndarray()
 
 
-def _alerts(events) -> list[dict[str, Any]]:
+def _messages(events) -> list[dict[str, Any]]:
+    """Monitor events (alerts or verdict changes) as websocket messages."""
     return [e.to_json() for e in events or ()]
 
 

@@ -8,7 +8,7 @@
     DELETE /sessions/{id}  close a session
     GET /ws/{id}           the session's websocket: hello, metrics, alerts, heartbeats, control
     GET /detect            the offline detection page (public)
-    POST /detect           a video upload -> REAL/FAKE/NO_FACES report (as `swapwatch detect --json`)
+    POST /detect           a video upload -> REAL/UNCERTAIN/FAKE/NO_FACES report (as `swapwatch detect --json`)
 
 Signaling is stateless apart from the session registry; every model runs on the one inference worker
 thread; the event loop only moves frames and messages. Offline detection (POST /detect) is the exception:

@@ -154,6 +154,8 @@ class Session:
             self.stats.stage_times(result.timings)
             for event in result.events:
                 self.publish_alert(event)
+            for verdict in result.verdicts:  # news about a face, not an alert: sent, never counted in /metrics
+                self.publish(verdict)
             slot.resolve(result)
         pending, self._pending = self._pending, None
         if pending is not None:
@@ -184,7 +186,7 @@ class Session:
     # ---- websocket fan-out ----------------------------------------------------------------------------
 
     def subscribe(self, size: int = 64) -> asyncio.Queue:
-        """A bounded queue of messages for one websocket (alerts; None when the session ends)."""
+        """A bounded queue of messages for one websocket (alerts, verdicts; None when the session ends)."""
         q: asyncio.Queue = asyncio.Queue(maxsize=size)
         if self._closing:
             q.put_nowait(None)

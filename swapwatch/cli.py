@@ -20,7 +20,8 @@ COMMANDS = {
     "models": "List, fetch, verify and locate model files.",
     "export": "Export a model to ONNX with a parity check against PyTorch.",
     "train-detector": "Train the deepfake detector (frame scorer + temporal head) on real faces and pseudo-fakes.",
-    "detect": "Decide whether a video's faces are deepfakes (REAL, FAKE or NO_FACES), with the score over time.",
+    "detect": ("Decide whether a video's faces are deepfakes (REAL, UNCERTAIN, FAKE or NO_FACES), with the score "
+               "over time."),
     "eval-detector": "Evaluate the deepfake detector on a labelled video dataset: AUC, EER, calibration, time to alert.",
     "monitor": "Watch a video file or a live stream (RTSP, HTTP, UDP) for watermarks and deepfake alerts.",
     "join": "Join a swapwatch server's live session from a video file or a camera (headless WebRTC client).",

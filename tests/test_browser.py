@@ -228,12 +228,20 @@ ALERTS = [
 ]
 
 
+# Live verdicts (a model with a REAL/FAKE band) ride beside the alerts: UNCERTAIN first, FAKE once the alert is over.
+VERDICTS = [
+    (0.5, {"type": "verdict", "track_id": 3, "t": 9.6, "verdict": "UNCERTAIN", "score": 0.52}),
+    (3.0, {"type": "verdict", "track_id": 3, "t": 12.0, "verdict": "FAKE", "score": 0.81}),
+]
+
+
 def test_page_behaviour_with_protocol_stub(fake_camera, source_photo, face_photos, tmp_path):
     token = "t0k-en"
     other_photo = next(p for p in face_photos if p != source_photo)
 
     async def scenario():
-        async with StubServer(max_sessions=1, token=token, alert_script=ALERTS) as stub, \
+        async with StubServer(max_sessions=1, token=token, alert_script=sorted(ALERTS + VERDICTS, key=lambda x: x[0])) \
+                as stub, \
                 open_page(stub.url + f"?token={token}", fake_camera, tmp_path) as page:
             text = "(el => document.getElementById(el).textContent)"
 
@@ -257,8 +265,19 @@ def test_page_behaviour_with_protocol_stub(fake_camera, source_photo, face_photo
             # alerts: the banner appears, the timeline and the store get them, the banner reports the end
             await page.wait_for("document.getElementById('banner').className.includes('alert')", timeout=5)
             assert "face #3" in await page.evaluate(f"{text}('banner-text')")
+            # the live verdict came first: an amber UNCERTAIN badge for the face, not an alert
+            badge = ("[...document.querySelectorAll('#verdicts .verdict')].map(b => "
+                     "[b.dataset.track, b.className, b.textContent, getComputedStyle(b).backgroundColor])")
+            assert await page.evaluate(badge) == [["3", "verdict UNCERTAIN", "face #3: UNCERTAIN 0.52",
+                                                   "rgb(245, 197, 66)"]]
             await page.wait_for("document.getElementById('banner').className.includes('ended')", timeout=5)
             assert [a["event"] for a in await page.evaluate(f"{SW}.alerts")] == ["start", "update", "end"]
+            # the verdict changes to FAKE: one badge per track, the change logged, never counted as an alert
+            await page.wait_for(f"{SW}.verdictChanges.length === 2", timeout=5)
+            assert [b[1:3] for b in await page.evaluate(badge)] == [["verdict FAKE", "face #3: FAKE 0.81"]]
+            logged = [e["text"] for e in await page.evaluate(f"{SW}.events") if "Live verdict" in e["text"]]
+            assert len(logged) == 2 and "UNCERTAIN" in logged[0] and "cannot tell" in logged[0] and "FAKE" in logged[1]
+            assert len(await page.evaluate(f"{SW}.alerts")) == 3
 
             # control: acknowledged, then a refused one is shown and the switch goes back
             await page.evaluate("document.querySelector('input[name=mode][value=monitor]').click()")

@@ -6,7 +6,10 @@
 - a video without faces: NO_FACES and a null score, never a guess;
 - bad input: one line on stderr and a non-zero exit, before any model is loaded;
 - the endpoint on loopback: an upload gives the same JSON as the command, too large -> 413, not a video ->
-  400 with the reason, busy -> 503, token and Origin checks, and the temporary file is always deleted.
+  400 with the reason, busy -> 503, token and Origin checks, and the temporary file is always deleted;
+- a model with a REAL/FAKE band (issue 15): a clip whose score falls between its thresholds is UNCERTAIN, in
+  the command's JSON, its human output and POST /detect alike, and the overrides move the thresholds as
+  their help says.
 """
 
 from __future__ import annotations
@@ -68,6 +71,9 @@ def check_report(doc: dict, *, frames: int, name: str) -> None:
     """The documented schema, and the numbers consistent with each other."""
     assert doc["verdict"] in ("REAL", "FAKE", "NO_FACES")
     assert doc["threshold"] == DEFAULT_INFO["threshold"]  # the model's own threshold, read from detector.json
+    # the default model has one threshold: the REAL one is the same, no UNCERTAIN band
+    assert doc["thresholds"] == {"real": doc["threshold"], "fake": doc["threshold"]}
+    assert doc["model"]["real_threshold"] is None
     assert VIDEO_KEYS <= set(doc["video"]) and doc["video"]["name"] == name and doc["video"]["frames"] == frames
     model = doc["model"]
     assert model["default"] is True and model["demonstration"] is True
@@ -389,3 +395,102 @@ def test_verified_in_the_human_output(swapped_clip, capsys):
     assert main(["detect", str(swapped_clip), "--max-frames", "10", "--threshold", "1.0"]) == 0
     out = capsys.readouterr().out
     assert ": FAKE (" in out and "verified: swapwatch's watermark is in" in out
+
+
+# ---- a model with a REAL/FAKE band: UNCERTAIN ----------------------------------------------------------
+
+BAND_FRAMES = 30
+
+
+@pytest.fixture(scope="module")
+def banded_model(grid_clip, detector, tmp_path_factory) -> tuple[Path, float]:
+    """A copy of the default model whose detector.json puts the REAL and FAKE thresholds 0.05 either side of
+    the GRID clip's score (first 30 frames), so that the clip is UNCERTAIN; and that score."""
+    import shutil
+
+    from swapwatch.engines.deepfake import DeepfakeDetector, detect_video
+
+    score = detect_video(grid_clip, detector=DeepfakeDetector.load(), face_detector=detector,
+                         max_frames=BAND_FRAMES, check_watermark=False).score
+    folder = tmp_path_factory.mktemp("models") / "banded"
+    shutil.copytree(DEFAULT_MODEL_DIR, folder)
+    info = dict(DEFAULT_INFO, real_threshold=round(max(score - 0.05, 0.0), 4),
+                threshold=round(min(score + 0.05, 1.0), 4))
+    del info["sha256"]  # not the committed default any more: named by its folder
+    (folder / "detector.json").write_text(json.dumps(info, indent=2))
+    return folder, score
+
+
+def test_a_score_in_the_band_is_uncertain(grid_clip, banded_model, tmp_path):
+    folder, score = banded_model
+    info = json.loads((folder / "detector.json").read_text())
+    plot = tmp_path / "band.png"
+    result = run_cli("detect", str(grid_clip), "--json", "--max-frames", str(BAND_FRAMES), "--model", str(folder),
+                     "--plot", str(plot))
+    assert result.returncode == 0, result.stderr  # an UNCERTAIN verdict is an answer, not a failure
+    doc = json.loads(result.stdout)
+    assert doc["verdict"] == "UNCERTAIN" and doc["score"] == pytest.approx(score, abs=1e-4)
+    assert doc["threshold"] == info["threshold"]  # still the FAKE threshold
+    assert doc["thresholds"] == {"real": info["real_threshold"], "fake": info["threshold"]}
+    assert doc["thresholds"]["real"] <= doc["score"] < doc["thresholds"]["fake"]
+    (track,) = doc["tracks"]
+    assert track["verdict"] == "UNCERTAIN" and set(track) == TRACK_KEYS
+    model = doc["model"]
+    assert (model["name"], model["default"]) == ("banded", False)
+    assert (model["threshold"], model["real_threshold"]) == (info["threshold"], info["real_threshold"])
+    assert cv2.imread(str(plot)) is not None
+
+
+def test_uncertain_human_output_and_overrides(grid_clip, banded_model, capsys):
+    folder, score = banded_model
+    info = json.loads((folder / "detector.json").read_text())
+    args = ["detect", str(grid_clip), "--max-frames", str(BAND_FRAMES), "--model", str(folder)]
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{grid_clip.name}: UNCERTAIN (score ")
+    assert f"real below {info['real_threshold']:.2f}, fake at {info['threshold']:.2f}" in out[0]
+    assert out[1] == "  UNCERTAIN (score between the real and fake thresholds: the detector cannot tell)"
+    assert " UNCERTAIN, 30 frames" in out[2]
+    # --threshold below the model's real threshold: the real threshold drops to it (no band): FAKE
+    assert main([*args, "--json", "--threshold", f"{info['real_threshold'] - 0.01:.4f}"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verdict"] == "FAKE" and doc["thresholds"]["real"] == doc["thresholds"]["fake"] == doc["threshold"]
+    # --threshold above the score keeps the model's real threshold: still UNCERTAIN
+    assert main([*args, "--json", "--threshold", "0.99"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verdict"] == "UNCERTAIN" and doc["thresholds"] == {"real": info["real_threshold"], "fake": 0.99}
+    # --real-threshold above the score: REAL
+    assert main([*args, "--json", "--real-threshold", f"{min(score + 0.01, info['threshold']):.4f}"]) == 0
+    assert json.loads(capsys.readouterr().out)["verdict"] == "REAL"
+    # a REAL threshold above the FAKE one is refused, as one line
+    assert main([*args, "--real-threshold", "0.9", "--threshold", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("swapwatch detect: error: --real-threshold 0.9 is above --threshold 0.5")
+    assert main([*args, "--real-threshold", f"{info['threshold'] + 0.01:.4f}"]) == 2
+    assert "REAL threshold cannot be above the FAKE one" in capsys.readouterr().err
+
+
+def test_endpoint_gives_the_same_uncertain_report(grid_clip, banded_model, detector):
+    from swapwatch.stream.server import SwapwatchServer
+
+    from swapwatch.config import Config, DeepfakeConfig, ServerConfig
+
+    folder, _ = banded_model
+    expected = json.loads(run_cli("detect", str(grid_clip), "--json", "--max-frames", str(BAND_FRAMES),
+                                  "--model", str(folder)).stdout)
+
+    async def main_():
+        config = Config(server=ServerConfig(), deepfake=DeepfakeConfig(model=str(folder)))
+        server = SwapwatchServer(config, detector)
+        async with TestServer(server.app(), host="127.0.0.1") as ts, \
+                aiohttp.ClientSession(base_url=str(ts.make_url("/"))) as http, \
+                http.post(f"/detect?max_frames={BAND_FRAMES}", data=video_form(grid_clip.read_bytes(),
+                                                                             grid_clip.name)) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+    doc = asyncio.run(main_())
+    assert doc["verdict"] == "UNCERTAIN"
+    for key in ("verdict", "score", "threshold", "thresholds", "windows", "tracks"):
+        assert doc[key] == expected[key], key
+    assert doc["model"]["real_threshold"] == expected["model"]["real_threshold"]

@@ -157,3 +157,67 @@ def test_detect_page_in_chromium(clips, tmp_path):
                     raise
 
         asyncio.run(asyncio.wait_for(scenario(), 240))
+
+
+def test_uncertain_verdict_on_the_detect_page(clips, detector, tmp_path):
+    """A model whose REAL and FAKE thresholds lie either side of the GRID clip's score: the page shows an amber
+    UNCERTAIN badge, the sentence that explains it, both thresholds (in the score line and on the plot, with the
+    band between them shaded) and the track's cells in amber."""
+    import shutil
+
+    from swapwatch.engines.deepfake import DEFAULT_MODEL_DIR, DeepfakeDetector, detect_video
+
+    grid = [c for c in clips if c.name.startswith("grid_") and c.suffix == ".mpg"]
+    if not grid:
+        pytest.skip("no grid_*.mpg clip in the shared assets")
+    clip = grid[0]
+    score = detect_video(clip, detector=DeepfakeDetector.load(), face_detector=detector).score
+    model = tmp_path / "banded"
+    shutil.copytree(DEFAULT_MODEL_DIR, model)
+    info = json.loads((model / "detector.json").read_text())
+    real, fake = round(max(score - 0.05, 0.0), 4), round(min(score + 0.05, 1.0), 4)
+    (model / "detector.json").write_text(json.dumps(info | {"real_threshold": real, "threshold": fake}))
+    shot = tmp_path / "detect_uncertain.png"
+    amber = "rgb(245, 197, 66)"  # --warn
+
+    with ServerProcess("--detector", "yunet", "--model", "classic", "--deepfake-model", str(model),
+                       log_path=tmp_path / "server.log") as server:
+
+        async def scenario():
+            async with Chromium(CHROMIUM, log_path=tmp_path / "chromium.log") as browser:
+                page = await browser.new_page()
+                try:
+                    await page.goto(server.url + "detect")
+                    await page.wait_for(f"{DT}.health", timeout=10)
+                    await page.set_input_files("#file", [clip])
+                    await page.wait_for("!document.getElementById('analyse').disabled", timeout=5)
+                    await page.click("#analyse")
+                    await page.wait_for(f"['done', 'error'].includes({DT}.state)", timeout=90)
+                    assert await page.evaluate(f"{DT}.state") == "done", await page.evaluate(f"{DT}.error")
+                    report = await page.evaluate(f"{DT}.report")
+                    assert report["verdict"] == "UNCERTAIN" and report["thresholds"] == {"real": real, "fake": fake}
+                    badge = await page.evaluate(
+                        "(() => { const v = document.getElementById('verdict'); return "
+                        "[v.textContent, v.className, getComputedStyle(v).backgroundColor]; })()")
+                    assert badge == ["UNCERTAIN", "UNCERTAIN", amber]
+                    note = await page.evaluate("document.getElementById('verdict-note').hidden ? '' : "
+                                               "document.getElementById('verdict-note').textContent")
+                    assert "cannot tell" in note and f"{real:.2f}" in note and f"{fake:.2f}" in note
+                    score_text = await page.evaluate("document.getElementById('score').textContent")
+                    assert f"{report['score']:.3f}" in score_text
+                    assert f"REAL below {real:.2f}" in score_text and f"FAKE at ≥ {fake:.2f}" in score_text
+                    for selector in ("line.threshold", "line.real-threshold", "rect.uncertain-band"):
+                        assert await page.evaluate(f"document.querySelectorAll('#plot {selector}').length") == 1
+                    cells = await page.evaluate(
+                        "[...document.querySelectorAll('#tracks tbody tr:first-child td')]"
+                        ".map(td => [td.textContent, td.className, getComputedStyle(td).color])")
+                    assert cells[2] == ["UNCERTAIN", "UNCERTAIN", amber] and cells[1][1:] == ["UNCERTAIN", amber]
+                    print("\nuncertain screenshot:", await page.screenshot(shot))
+                    assert js_errors(page) == [], page.console
+                except BaseException:
+                    print("console:", json.dumps(page.console, indent=1))
+                    print("failure screenshot:", await page.screenshot(tmp_path / "failure.png"))
+                    print("server log:", server.log_tail())
+                    raise
+
+        asyncio.run(asyncio.wait_for(scenario(), 180))

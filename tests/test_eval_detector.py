@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from swapwatch.cli import main
+from swapwatch.engines.deepfake import Thresholds
 from swapwatch.engines.deepfake.evaluation import (
     accuracy_at, dataset_metrics, equal_error_rate, expected_calibration_error, reliability_bins, roc_auc,
-    roc_curve, splice_pairs,
+    roc_curve, splice_pairs, verdict_counts,
 )
 
 FRAMES = 40  # frames kept of each shared clip (1.6 s at 25 fps)
@@ -96,6 +97,18 @@ def test_dataset_metrics_one_class_keeps_what_it_can():
     assert m["accuracy"] == pytest.approx(2 / 3) and m["ece"] is not None
     assert (m["n_real"], m["n_fake"], m["threshold"]) == (3, 0, 0.5)
     json.dumps(m, allow_nan=False)
+
+
+def test_verdict_counts_per_class():
+    # reals 0.1 0.35 0.5 0.8, fakes 0.3 0.6 0.9 with REAL below 0.3 and FAKE at 0.6: the edges belong upwards
+    y, s = [0, 0, 0, 0, 1, 1, 1], [0.1, 0.35, 0.5, 0.8, 0.3, 0.6, 0.9]
+    assert verdict_counts(y, s, Thresholds(fake=0.6, real=0.3)) == {
+        "real": {"REAL": 1, "UNCERTAIN": 2, "FAKE": 1}, "fake": {"REAL": 0, "UNCERTAIN": 1, "FAKE": 2}}
+    # one threshold: nothing is UNCERTAIN, and the counts are accuracy_at's
+    counts = verdict_counts(y, s, Thresholds.single(0.5))
+    assert counts == {"real": {"REAL": 2, "UNCERTAIN": 0, "FAKE": 2}, "fake": {"REAL": 1, "UNCERTAIN": 0, "FAKE": 2}}
+    assert accuracy_at(y, s, 0.5) == pytest.approx((counts["real"]["REAL"] + counts["fake"]["FAKE"]) / len(y))
+    assert verdict_counts([], [], Thresholds.single(0.5))["fake"] == {"REAL": 0, "UNCERTAIN": 0, "FAKE": 0}
 
 
 def test_splice_pairs_prefer_the_same_identity():
@@ -264,6 +277,13 @@ def test_report_schema_and_ranges(report, dataset, capsys):
         assert 0.0 <= m[key] <= 1.0, key
     assert m["accuracy"] in (0.0, 0.25, 0.5, 0.75, 1.0) and m["auc"] in (0.0, 0.25, 0.5, 0.75, 1.0)
     assert m["threshold"] == data["model"]["threshold"]  # the model's own when --threshold is not given
+    # the default model has one threshold: no video is UNCERTAIN, and the counts are the videos' verdicts
+    assert m["real_threshold"] == m["threshold"] and data["model"]["real_threshold"] is None
+    for name, label in (("real", "REAL"), ("fake", "FAKE")):
+        counts = m["verdicts"][name]
+        assert counts["UNCERTAIN"] == 0 and sum(counts.values()) == m[f"n_{name}"]
+        assert counts == {v: sum(x["verdict"] == v for x in videos if x["label"] == label)
+                          for v in ("REAL", "UNCERTAIN", "FAKE")}
     scores = [v["score"] for v in videos]
     assert min(abs(m["eer_threshold"] - x) for x in scores) < 1e-4  # a video's score (rounded in "videos")
 
@@ -319,6 +339,29 @@ def test_table_is_printed(dataset, tmp_path, capsys):
     rows = {line.split()[0]: line for line in out.splitlines() if line.split()[:1] in (["model"], ["change"])}
     assert set(rows) == {"model", "change"}  # one row per kind of live alert, side by side
     assert out.count(".mp4") == 2  # one real and one fake row
+
+
+def test_a_band_makes_videos_uncertain_and_is_counted(dataset, tmp_path, capsys):
+    """--real-threshold 0 and --threshold 1: every video scoring below 1 lies in the band, so it is UNCERTAIN;
+    the summary says how each class was called, the metrics count it, the plot shows the band."""
+    out_json, plot = tmp_path / "r.json", tmp_path / "r.png"
+    assert main(["eval-detector", str(dataset), "--max-videos", "1", "--max-frames", "24", "--splices", "0",
+                 "--backend", "onnxruntime", "--threshold", "1", "--real-threshold", "0", "--json", str(out_json),
+                 "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(out_json.read_text())
+    m = data["metrics"]
+    assert all(v["verdict"] == "UNCERTAIN" and v["score"] < 1.0 for v in data["videos"])
+    assert (m["threshold"], m["real_threshold"]) == (1.0, 0.0)
+    assert m["verdicts"] == {"real": {"REAL": 0, "UNCERTAIN": 1, "FAKE": 0},
+                             "fake": {"REAL": 0, "UNCERTAIN": 1, "FAKE": 0}}
+    assert "real clips called FAKE: 0/1, UNCERTAIN: 1/1" in out and "fake clips called REAL: 0/1, UNCERTAIN: 1/1" in out
+    assert "real below 0.000, fake at 1.000" in out
+    assert m["auc"] is not None and m["accuracy"] == 0.5  # the metrics do not depend on the band
+    assert cv2.imread(str(plot)) is not None
+    # a REAL threshold above the FAKE one is refused
+    assert main(["eval-detector", str(dataset), "--threshold", "0.3", "--real-threshold", "0.6"]) == 2
+    assert "--real-threshold" in capsys.readouterr().err
 
 
 def test_one_class_reports_what_it_can(dataset, tmp_path, capsys):

@@ -265,6 +265,90 @@ def test_detector_without_scores_and_bad_detectors(clip_frames):
         FrameMonitor(detector=object())
 
 
+class BandedScorer(PerTrackScorer):
+    """A PerTrackScorer whose model carries a REAL/FAKE band (as a DeepfakeDetector's ``info`` does)."""
+
+    def __init__(self, fake: float = 0.7, real: float | None = 0.3, **by_track) -> None:
+        from swapwatch.engines.deepfake import DetectorInfo
+
+        super().__init__(**by_track)
+        self.info = DetectorInfo(threshold=fake, real_threshold=real)
+
+
+def test_the_model_band_becomes_the_alert_policy():
+    from dataclasses import replace
+
+    from swapwatch.engines.deepfake import MODEL_POLICY, AlertPolicyConfig
+
+    banded = FrameMonitor(detector=BandedScorer(fake=0.8, real=0.35))
+    assert banded.model_policy.config == replace(MODEL_POLICY, high=0.8, low=0.35)
+    assert banded.thresholds is not None and banded.thresholds.to_json() == {"real": 0.35, "fake": 0.8}
+    # one threshold (no band), or a scorer without a model's info: the policy stays MODEL_POLICY (0.7/0.4)
+    for detector in (BandedScorer(fake=0.5, real=None), BandedScorer(fake=0.5, real=0.5), PerTrackScorer()):
+        monitor = FrameMonitor(detector=detector)
+        assert monitor.model_policy.config == MODEL_POLICY and monitor.thresholds is None
+    # a policy the caller sets is used as it is
+    own = AlertPolicyConfig(high=0.9, low=0.1)
+    assert FrameMonitor(MonitorConfig(model_policy=own), detector=BandedScorer()).model_policy.config == own
+
+
+def test_live_verdicts_change_with_the_smoothed_score():
+    """Track 5 scores 0.1, then 0.5 from 1 s, then 0.95 from 2 s, then 0.1 from 3 s; the band is 0.3/0.7. The
+    smoothed score (EMA 0.3) walks REAL -> UNCERTAIN -> FAKE -> UNCERTAIN -> REAL: one verdict message per
+    change, never one per frame, each carrying the smoothed score it was judged on."""
+    steps = [(1.0, 0.1), (2.0, 0.5), (3.0, 0.95), (99.0, 0.1)]
+    scorer = BandedScorer(t5=lambda t: next(s for end, s in steps if t < end))
+    monitor = FrameMonitor(MonitorConfig(watermark_enabled=False), detector=scorer)
+    frame = np.zeros((240, 320, 3), np.uint8)
+    changes, alerts = [], []
+    for i in range(5 * 25):
+        alerts += monitor.process(frame, i / 25, [face(5)])
+        st = monitor.state
+        changes += st.verdict_changes
+        assert st.verdicts == {5: scorer.info.thresholds.verdict(monitor.model_policy.smoothed(5))}
+        assert st.verdict_scores[5] == monitor.model_policy.smoothed(5)
+    assert [c.verdict for c in changes] == ["REAL", "UNCERTAIN", "FAKE", "UNCERTAIN", "REAL"]
+    assert changes[0].t == 0.0 and 1.0 < changes[1].t < 1.2 and 2.0 < changes[2].t < 2.3 and changes[3].t >= 3.0
+    for c in changes:
+        assert scorer.info.thresholds.verdict(c.score) == c.verdict
+        msg = c.to_json()
+        assert msg == {"type": "verdict", "track_id": 5, "t": round(c.t, 3), "verdict": c.verdict,
+                       "score": round(c.score, 4)}
+        json.dumps(msg)
+    # the alert follows the band too: its dwell begins at the FAKE verdict and it ends with the REAL one
+    assert [(e.event, e.t_start) for e in alerts if e.event != "update"] == [
+        ("start", pytest.approx(changes[2].t)), ("end", pytest.approx(changes[2].t))]
+    assert alerts[-1].t_end == pytest.approx(changes[4].t)
+    monitor.close()
+    assert monitor.state.verdicts == {} and monitor.state.verdict_changes == ()
+
+
+def test_verdicts_per_track_and_tracks_that_go():
+    """Each track has its own verdict; a track that is gone (past the policy's track timeout) leaves the
+    verdicts without a message, and comes back with a new first verdict. No band: no verdicts at all."""
+    scorer = BandedScorer(t1=lambda t: 0.05, t2=lambda t: 0.5)
+    monitor = FrameMonitor(MonitorConfig(watermark_enabled=False), detector=scorer)
+    frame = np.zeros((240, 320, 3), np.uint8)
+    monitor.process(frame, 0.0, [face(1), face(2)])
+    assert monitor.state.verdicts == {1: "REAL", 2: "UNCERTAIN"} == {
+        c.track_id: c.verdict for c in monitor.state.verdict_changes}
+    assert monitor.state.uncertain == {2: 0.5}
+    monitor.process(frame, 0.04, [face(1), face(2)])
+    assert monitor.state.verdict_changes == ()
+    for i in range(2, 40):  # track 2 leaves at 0.08 s; the policy forgets it after 1 s
+        monitor.process(frame, i * 0.04, [face(1)])
+        assert not [c for c in monitor.state.verdict_changes if c.track_id == 2]
+    assert monitor.state.verdicts == {1: "REAL"}
+    monitor.process(frame, 1.6, [face(1), face(2)])
+    assert [(c.track_id, c.verdict) for c in monitor.state.verdict_changes] == [(2, "UNCERTAIN")]
+
+    single = FrameMonitor(MonitorConfig(watermark_enabled=False),
+                          detector=BandedScorer(fake=0.5, real=None, t1=lambda t: 0.6))
+    for i in range(10):
+        single.process(frame, i / 25, [face(1)])
+        assert single.state.verdict_changes == () and single.state.verdicts == {}
+
+
 def test_frames_smaller_than_the_watermark_grid_are_skipped():
     monitor = FrameMonitor()
     assert monitor.process(np.zeros((40, 40, 3), np.uint8), 0.0) == []
@@ -272,6 +356,8 @@ def test_frames_smaller_than_the_watermark_grid_are_skipped():
 
 
 def test_overlay_status_box(clip_frames):
+    from dataclasses import replace
+
     frame = clip_frames[0].image
     overlay = MonitorOverlay()
     calm = overlay.draw(frame, MonitorState())
@@ -289,6 +375,18 @@ def test_overlay_status_box(clip_frames):
     assert alerting and lines == ["ALERT: possible deepfake", "track 3 score 0.81"]
     marked = overlay.draw(frame, MonitorState(model_alerts={1: 0.9}), [face(1)])
     assert (marked[90:192, 108:112] != frame[90:192, 108:112]).any()  # the alerting face is boxed
+    # UNCERTAIN and no alert: said so, in amber, not as an alert
+    unsure = MonitorState(model_scores={4: 0.6}, verdicts={4: "UNCERTAIN", 6: "REAL"},
+                          verdict_scores={4: 0.523, 6: 0.1})
+    assert MonitorOverlay.lines(unsure) == (["monitoring - no alert", "uncertain: track 4 score 0.52"], False)
+    amber = overlay.draw(frame, unsure)
+    drawn = np.argwhere((amber != frame).any(axis=2))
+    bar = amber[drawn[:, 0].min() + 2:drawn[:, 0].max() - 2, drawn[:, 1].min() + 1].astype(int)  # the box's bar
+    assert ((bar[:, 1] > 120) & (bar[:, 2] > 150) & (bar[:, 0] < 120)).mean() > 0.5  # amber: green + red, no blue
+    assert MonitorOverlay.lines(MonitorState(verdicts={4: "REAL"}, verdict_scores={4: 0.1}, model_scores={4: 0.1})
+                                ) == (["monitoring - no alert", "max score 0.10"], False)
+    lines, alerting = MonitorOverlay.lines(replace(unsure, model_alerts={4: 0.75}))
+    assert alerting and lines == ["ALERT: possible deepfake", "track 4 score 0.75"]  # an alert outranks it
     lines, alerting = MonitorOverlay.lines(MonitorState(change_alerts={2: 0.42}))
     assert alerting and lines == ["ALERT: score stepped up", "track 2 +0.42 over its own level"]
     marked = overlay.draw(frame, MonitorState(change_alerts={1: 0.4}), [face(1)])
@@ -415,6 +513,30 @@ def test_fake_model_detector_drives_model_alerts_through_the_command(capsys, cli
     assert all(m["kind"] == "model" and m["verified"] is False and m["track_id"] == 0 for m in alerts)
     assert 1.5 < alerts[0]["t_end"] < 1.9 and alerts[-1]["t_end"] == pytest.approx(2.96, abs=0.05)
     assert lines[-1]["alerts"] == 1
+
+
+def test_command_prints_live_verdict_changes(capsys, clip):
+    """With a model band, the command prints each face track's verdict changes (JSON lines of the websocket's
+    verdict message, or text) beside the alerts, and counts them apart from alert events."""
+    scorer = BandedScorer(fake=0.7, real=0.3)
+    scorer.score_faces = lambda frame, faces, t: {f.track_id: (0.5 if t < 1.5 else 0.95) for f in faces}
+    rc, lines = run_monitor(capsys, str(clip), "--json", deepfake=scorer)
+    assert rc == 0
+    verdicts = [m for m in lines if m["type"] == "verdict"]
+    assert [(m["track_id"], m["verdict"]) for m in verdicts] == [(0, "UNCERTAIN"), (0, "FAKE")]
+    assert all(set(m) == {"type", "track_id", "t", "verdict", "score"} for m in verdicts)
+    assert verdicts[0]["t"] < 0.2 and verdicts[1]["t"] > 1.5 and verdicts[1]["score"] >= 0.7
+    summary = lines[-1]
+    assert summary["verdict_changes"] == 2
+    assert summary["alert_events"] == len([m for m in lines if m["type"] == "alert"])
+
+    from swapwatch.cli import build_parser
+
+    args = build_parser().parse_args(["monitor", str(clip), "--duration", "1"])
+    assert args._run(args, deepfake=scorer) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("verdict face track 0: UNCERTAIN at 0.00 s, score 0.50")
+    assert "the detector cannot tell" in out[0]
 
 
 def test_command_reads_an_http_url(capsys, watermarked_clip):

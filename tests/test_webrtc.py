@@ -30,12 +30,12 @@ def decode_clip(path: Path, limit: int | None = None) -> list[np.ndarray]:
     return frames[:limit]
 
 
-def run_server(detector, scenario, *, swapper=None, **server_options):
+def run_server(detector, scenario, *, swapper=None, monitor_factory=None, **server_options):
     """Run ``scenario(http, server)`` against a live server on 127.0.0.1 (own event loop)."""
 
     async def main():
         config = Config(server=ServerConfig(**server_options))
-        server = SwapwatchServer(config, detector, swapper or ClassicSwapper())
+        server = SwapwatchServer(config, detector, swapper or ClassicSwapper(), monitor_factory=monitor_factory)
         async with TestServer(server.app(), host="127.0.0.1") as ts:
             async with aiohttp.ClientSession(base_url=str(ts.make_url("/"))) as http:
                 return await scenario(http, server)
@@ -173,6 +173,51 @@ def test_both_mode_alerts_on_its_own_watermark(detector, clip, source_photo):
         assert float(counts[f'swapwatch_alerts_total{{kind="watermark",event="{event}"}}']) == sent, event
     assert float(counts['swapwatch_alerts_total{kind="model",event="start"}']) == 0  # --deepfake-model off here
     assert float(counts['swapwatch_alerts_active{kind="watermark"}']) == 0
+
+
+class BandedScorer:
+    """A deepfake scorer whose model has a REAL/FAKE band (0.3/0.7): every face scores 0.5 (UNCERTAIN) for the
+    first 0.6 s of the session, then 0.95."""
+
+    def __init__(self) -> None:
+        from swapwatch.engines.deepfake import DetectorInfo
+
+        self.info = DetectorInfo(threshold=0.7, real_threshold=0.3)
+
+    def score_faces(self, frame_bgr, faces, t):
+        return {f.track_id: 0.5 if t < 0.6 else 0.95 for f in faces if f.track_id is not None}
+
+
+def test_monitor_session_sends_live_verdicts_on_the_websocket(detector, clip):
+    """A real session whose model has a band: the websocket carries a `verdict` message when the face's live
+    verdict changes (UNCERTAIN, then FAKE), not one per frame; verdicts are not alerts, so /metrics counts
+    exactly the alert messages."""
+    from swapwatch.engines.deepfake import FrameMonitor, MonitorConfig
+
+    def monitor():
+        return FrameMonitor(MonitorConfig(watermark_enabled=False), detector=BandedScorer())
+
+    async def scenario(http, server):
+        probe = Probe(http, clip[:50], mode="monitor", websocket=True)
+        await probe.start()
+        report = await probe.run(tail=1.0)
+        await probe.close()
+        async with http.get("/metrics") as r:
+            metrics = await r.text()
+        return probe, report, metrics
+
+    probe, report, metrics = run_server(detector, scenario, monitor_factory=monitor)
+    assert report.fraction_back >= 0.8
+    verdicts = [m for m in probe.messages if m["type"] == "verdict"]
+    print(f"\nverdict messages: {verdicts}")
+    assert verdicts and all(set(m) == {"type", "track_id", "t", "verdict", "score"} for m in verdicts)
+    first = verdicts[0]["track_id"]
+    mine = [m for m in verdicts if m["track_id"] == first]
+    assert [m["verdict"] for m in mine] == ["UNCERTAIN", "FAKE"]
+    assert mine[0]["score"] == 0.5 and mine[0]["t"] < 0.6 and mine[1]["t"] >= 0.6 and mine[1]["score"] >= 0.7
+    alerts = [m for m in probe.messages if m["type"] == "alert"]
+    counts = dict(re.findall(r'^(swapwatch_alerts_total\{[^}]*\}) (\S+)$', metrics, re.MULTILINE))
+    assert counts and sum(float(v) for v in counts.values()) == len(alerts)
 
 
 def test_four_concurrent_sessions_all_receive_frames(detector, clip, source_photo):

@@ -1,9 +1,11 @@
 """Deepfake detection: the detector at run time, its alerts, offline verdicts, evaluation and training.
 
 - ``detector``: the frame scorer and temporal head behind the engine layer, per-track sliding windows.
-- ``alerts``: the alert policy (hysteresis, dwell, refractory); ``monitor``: a live stream's frames to alerts,
-  with swapwatch's own watermark checked first; ``verdict``: a video's REAL/FAKE report; ``evaluation``:
-  metrics on labelled sets.
+- ``thresholds``: a model's FAKE and REAL thresholds and the verdict they give (REAL, UNCERTAIN, FAKE), fitted
+  on held-out scores.
+- ``alerts``: the alert policy (hysteresis, dwell, refractory); ``monitor``: a live stream's frames to alerts
+  and live verdicts, with swapwatch's own watermark checked first; ``verdict``: a video's REAL/UNCERTAIN/FAKE
+  report; ``evaluation``: metrics on labelled sets.
 - Making a detector: ``datasets`` (training media, identity split), ``tracks`` (face tracks cut from the media,
   swapwatch's own swaps of them, a run's data), ``sbi`` (self-blended pseudo-fakes), ``renders`` (per-clip
   augmentation, aligned crops, training windows), ``train_config`` (every setting of a run), ``training`` (the
@@ -30,12 +32,14 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "sigmoid": "detector",
     "CALIBRATION_BINS": "evaluation", "Evaluator": "evaluation", "StreamSettings": "evaluation",
     "evaluate": "evaluation", "reliability_bins": "evaluation", "roc_auc": "evaluation", "roc_curve": "evaluation",
-    "stream_summary": "evaluation",
+    "stream_summary": "evaluation", "verdict_counts": "evaluation",
     "DeepfakeScorer": "monitor", "FrameMonitor": "monitor", "MODEL_POLICY": "monitor", "MonitorConfig": "monitor",
-    "MonitorOverlay": "monitor", "MonitorState": "monitor", "WATERMARK_TRACK": "monitor",
+    "MonitorOverlay": "monitor", "MonitorState": "monitor", "VerdictEvent": "monitor", "WATERMARK_TRACK": "monitor",
+    "live_thresholds": "monitor", "model_policy_for": "monitor",
     "pack_windows": "renders", "rotate_pairs": "renders", "sample_window": "renders",
     "BLEND_RATIOS": "sbi", "SBIConfig": "sbi", "SBIParams": "sbi", "SelfBlender": "sbi", "jpeg": "sbi",
     "prepare_data": "tracks",
+    "ThresholdFit": "thresholds", "Thresholds": "thresholds", "VERDICTS": "thresholds",
     "TrainConfig": "train_config",
     "DetectorTrainer": "training", "train": "training",
     "WatermarkEvidence": "verdict", "detect_video": "verdict", "plot_report": "verdict",

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from swapwatch.engines.deepfake.thresholds import Thresholds
 from swapwatch.engines.faces import CropTemplate, Face, arcface_template, estimate_alignment, warp_face
 from swapwatch.engines.runtime import SHIPPED_WEIGHTS, Engine, TensorSpec, fixed_batch, load_onnx_engine, run_batched
 from swapwatch.errors import InputError, ModelError
@@ -103,14 +104,24 @@ def to_input(crops: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DetectorInfo:
-    """What the runtime needs to know about a trained detector (``detector.json`` beside the graphs)."""
+    """What the runtime needs to know about a trained detector (``detector.json`` beside the graphs).
+
+    ``threshold``: the probability at or above which a window, track or video is called FAKE;
+    ``real_threshold``: the one below which it is called REAL, UNCERTAIN in between (None: the same as
+    ``threshold``, no UNCERTAIN band). See :class:`~swapwatch.engines.deepfake.thresholds.Thresholds`."""
 
     crop_size: int = 128
     face_scale: float = 0.75
     window: int = 20
     feature_dim: int = 128
-    threshold: float = 0.5  # probability above which a window is called FAKE
+    threshold: float = 0.5
+    real_threshold: float | None = None
     extra: dict = field(default_factory=dict)
+
+    FIELDS = ("crop_size", "face_scale", "window", "feature_dim", "threshold", "real_threshold")
+
+    def __post_init__(self) -> None:
+        self.thresholds  # noqa: B018 -- raises ValueError for a pair that is not 0 <= real <= fake <= 1
 
     @classmethod
     def read(cls, path: Path) -> DetectorInfo:
@@ -118,12 +129,31 @@ class DetectorInfo:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot read {path}: {exc}") from exc
-        known = {k: data[k] for k in ("crop_size", "face_scale", "window", "feature_dim", "threshold") if k in data}
-        return cls(**known, extra={k: v for k, v in data.items() if k not in known})
+        known = {k: data[k] for k in cls.FIELDS if k in data}
+        try:
+            return cls(**known, extra={k: v for k, v in data.items() if k not in known})
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"{path}: {exc}") from None
+
+    def write(self, path: Path) -> None:
+        """``detector.json`` at ``path``, written atomically (a reader never sees half a file)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        tmp.replace(path)
 
     def to_json(self) -> dict:
-        return {"crop_size": self.crop_size, "face_scale": self.face_scale, "window": self.window,
-                "feature_dim": self.feature_dim, "threshold": self.threshold, **self.extra}
+        out = {"crop_size": self.crop_size, "face_scale": self.face_scale, "window": self.window,
+               "feature_dim": self.feature_dim, "threshold": self.threshold}
+        if self.real_threshold is not None:  # a model with one threshold keeps its file as it was
+            out["real_threshold"] = self.real_threshold
+        return out | self.extra
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """The model's FAKE and REAL thresholds (equal without ``real_threshold``)."""
+        real = self.threshold if self.real_threshold is None else self.real_threshold
+        return Thresholds(fake=self.threshold, real=real)
 
     @property
     def template(self) -> CropTemplate:
@@ -205,8 +235,15 @@ class TrackScores:
 
 @dataclass
 class ClipScores:
+    """Every track of a clip and the thresholds its verdicts use."""
+
     tracks: dict[int, TrackScores]
-    threshold: float
+    thresholds: Thresholds
+
+    @property
+    def threshold(self) -> float:
+        """The FAKE threshold."""
+        return self.thresholds.fake
 
     @property
     def score(self) -> float | None:
@@ -221,8 +258,13 @@ class ClipScores:
 
     @property
     def verdict(self) -> str:
-        s = self.score
-        return "NO_FACES" if s is None else ("FAKE" if s >= self.threshold else "REAL")
+        """REAL, UNCERTAIN or FAKE by :attr:`score`; NO_FACES without one."""
+        return self.thresholds.verdict(self.score)
+
+    def track_verdict(self, track_id: int) -> str | None:
+        """One track's REAL, UNCERTAIN or FAKE (None: the track has no window score)."""
+        score = self.tracks[track_id].score
+        return None if score is None else self.thresholds.verdict(score)
 
 
 class DeepfakeDetector:
@@ -438,7 +480,7 @@ class DeepfakeDetector:
             if wins:
                 probs = sigmoid(self.window_logits(np.stack(wins), np.stack(masks)))
                 ts.window_times, ts.window_probs = ends, [float(p) for p in probs]
-        return ClipScores(tracks, self.info.threshold)
+        return ClipScores(tracks, self.info.thresholds)
 
 
 def create_deepfake_detector(config) -> DeepfakeDetector | None:
@@ -463,7 +505,8 @@ def _torch_engines(pt: Path, device: str) -> tuple[Engine, Engine, DetectorInfo]
                        ["logits"], device=device)
     meta = models.meta
     info = DetectorInfo(crop_size=s.size, face_scale=float(meta.get("face_scale", 0.75)), window=h.window,
-                        feature_dim=h.feature_dim, threshold=float(meta.get("threshold", 0.5)))
+                        feature_dim=h.feature_dim, threshold=float(meta.get("threshold", 0.5)),
+                        real_threshold=_optional_float(meta.get("real_threshold")))
     return scorer, head, info
 
 
@@ -528,14 +571,17 @@ def write_detector(models, folder: str | Path, *, extra: dict | None = None,
     info = DetectorInfo(crop_size=models.scorer.config.size, face_scale=float(meta.get("face_scale", 0.75)),
                         window=models.head.config.window, feature_dim=models.scorer.config.feature_dim,
                         threshold=float(meta.get("threshold", 0.5)),
+                        real_threshold=_optional_float(meta.get("real_threshold")),
                         extra={"format": "swapwatch-deepfake-v1",
                                "scorer": {"widths": list(models.scorer.config.widths),
                                           "blocks": list(models.scorer.config.blocks)},
                                **parity_json(parity), "sha256": sha, **(extra or {})})
-    tmp = folder / f".{INFO_FILE}.tmp"
-    tmp.write_text(json.dumps(info.to_json(), indent=2) + "\n")
-    tmp.replace(folder / INFO_FILE)
+    info.write(folder / INFO_FILE)
     return info
+
+
+def _optional_float(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def _exported_from_checkpoint(pt: Path) -> Path:

@@ -2,7 +2,9 @@
 
 Metrics (pure functions of labels, 1 = fake, 0 = real, and scores, the probability of being fake):
 :func:`roc_auc`, :func:`roc_curve`, :func:`equal_error_rate`, :func:`accuracy_at`,
-:func:`expected_calibration_error` and :func:`reliability_bins` (10 equal-width bins on [0, 1]).
+:func:`expected_calibration_error` and :func:`reliability_bins` (10 equal-width bins on [0, 1]). Each video's
+verdict is the model's thresholds applied to its score (REAL, UNCERTAIN or FAKE,
+:class:`~swapwatch.engines.deepfake.thresholds.Thresholds`); :func:`verdict_counts` counts them per class.
 
 Streams (what a user of live monitoring sees), through the live path exactly as ``serve`` and ``monitor``
 run it: a fresh face tracker, ``DeepfakeDetector.score_faces`` (per-track ring buffers with their strides)
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from swapwatch.engines.deepfake.thresholds import FAKE, REAL, UNCERTAIN, Thresholds
 from swapwatch.errors import InputError
 
 if TYPE_CHECKING:
@@ -51,7 +54,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CALIBRATION_BINS", "DatasetReport", "Evaluator", "SpliceResult", "StreamSettings", "VideoResult",
     "accuracy_at", "dataset_metrics", "equal_error_rate", "evaluate", "expected_calibration_error",
-    "reliability_bins", "roc_auc", "roc_curve", "splice_pairs", "stream_summary",
+    "reliability_bins", "roc_auc", "roc_curve", "splice_pairs", "stream_summary", "verdict_counts",
 ]
 
 CALIBRATION_BINS = 10  # equal-width bins on [0, 1] for the calibration error and the reliability diagram
@@ -172,6 +175,17 @@ def dataset_metrics(labels: Sequence[int], scores: Sequence[float], threshold: f
             "n_real": int((y == 0).sum()), "n_fake": int((y == 1).sum())}
 
 
+def verdict_counts(labels: Sequence[int], scores: Sequence[float], thresholds: Thresholds) -> dict[str, dict[str, int]]:
+    """Per class (``"real"``, ``"fake"``), how many videos got each verdict: ``{"real": {"REAL": n,
+    "UNCERTAIN": n, "FAKE": n}, "fake": {...}}`` (every key present, zeros included)."""
+    y, s = _arrays(labels, scores)
+    out = {}
+    for name, label in (("real", 0), ("fake", 1)):
+        verdicts = [thresholds.verdict(float(x)) for x in s[y == label]]
+        out[name] = {v: verdicts.count(v) for v in (REAL, UNCERTAIN, FAKE)}
+    return out
+
+
 def _num(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
@@ -180,19 +194,20 @@ def _num(x: float | None) -> float | None:
 # Results
 # --------------------------------------------------------------------------------------------------
 
-REAL_LABEL, FAKE_LABEL = "REAL", "FAKE"
+REAL_LABEL, FAKE_LABEL = REAL, FAKE
 
 
 @dataclass
 class VideoResult:
-    """One video: its offline score and verdict (NO_FACES: no face was tracked; ERROR: unreadable), and for
+    """One video: its offline score and verdict (REAL, UNCERTAIN or FAKE by the model's thresholds; NO_FACES: no
+    face was tracked; ERROR: unreadable), and for
     a real video the model and change alerts the live path raised on it (``alerts``, ``change_alerts``;
     None for fakes)."""
 
     path: str
     label: str  # REAL | FAKE
     score: float | None
-    verdict: str  # REAL | FAKE | NO_FACES | ERROR
+    verdict: str  # REAL | UNCERTAIN | FAKE | NO_FACES | ERROR
     frames: int
     seconds: float
     tracks: int = 0
@@ -282,8 +297,9 @@ def _round(x: float | None, digits: int = 4) -> float | None:
 @dataclass(frozen=True)
 class StreamSettings:
     """How videos are read and monitored. The detector's own :class:`~swapwatch.engines.deepfake.detector.WindowConfig`
-    holds the live strides; ``policy`` None is the monitor's model policy (``monitor.MODEL_POLICY``), ``change``
-    None the monitor's change alert settings (``ChangeConfig()``)."""
+    holds the live strides; ``policy`` None is the monitor's model policy (``monitor.MODEL_POLICY``, with the
+    model's REAL/FAKE band as its high/low when it has one: ``monitor.model_policy_for``), ``change`` None the
+    monitor's change alert settings (``ChangeConfig()``)."""
 
     max_frames: int | None = None  # first N frames of each video (None: all)
     detect_every: int = 1  # face detection every k frames, optical flow in between (as `monitor --every`)
@@ -325,9 +341,9 @@ class Evaluator:
         from swapwatch.engines.deepfake.monitor import FrameMonitor, MonitorConfig
 
         self.detector.reset()  # a new stream: no window carries over from the previous one
-        defaults = MonitorConfig()
-        config = MonitorConfig(watermark_enabled=False, model_policy=self.settings.policy or defaults.model_policy,
-                               change=self.settings.change or defaults.change)
+        # policy None: the monitor's own choice (MODEL_POLICY, or the model's REAL/FAKE band as its hysteresis)
+        config = MonitorConfig(watermark_enabled=False, model_policy=self.settings.policy,
+                               change=self.settings.change or MonitorConfig().change)
         return FrameMonitor(config, detector=self.detector)
 
     def _frames(self, path: Path) -> Iterator:
@@ -341,13 +357,14 @@ class Evaluator:
 
     # ---- one video ---------------------------------------------------------------------------------
 
-    def video(self, item: MediaItem, *, threshold: float, live: bool | None = None) -> VideoResult:
-        """Score one video offline; with ``live`` (default: for real videos) also count the model and change
-        alerts the live path raises on it. An unreadable video gives verdict ERROR (its message in ``error``)."""
-        from swapwatch.engines.deepfake.datasets import FAKE
+    def video(self, item: MediaItem, *, thresholds: Thresholds, live: bool | None = None) -> VideoResult:
+        """Score one video offline and give its verdict at ``thresholds``; with ``live`` (default: for real
+        videos) also count the model and change alerts the live path raises on it. An unreadable video gives
+        verdict ERROR (its message in ``error``)."""
+        from swapwatch.engines.deepfake.datasets import FAKE as FAKE_ITEM
 
-        label = FAKE_LABEL if item.label == FAKE else REAL_LABEL
-        live = (item.label != FAKE) if live is None else live
+        label = FAKE_LABEL if item.label == FAKE_ITEM else REAL_LABEL
+        live = (item.label != FAKE_ITEM) if live is None else live
         tracker = self._tracker()
         monitor = self._monitor() if live else None
         times: list[float] = []
@@ -369,8 +386,7 @@ class Evaluator:
         if monitor is not None:
             starts.add(monitor.close())
         score = clip.score
-        verdict = "NO_FACES" if score is None else (FAKE_LABEL if score >= threshold else REAL_LABEL)
-        return VideoResult(str(item.path), label, score, verdict, len(times), _duration(times),
+        return VideoResult(str(item.path), label, score, thresholds.verdict(score), len(times), _duration(times),
                            tracks=len(clip.tracks), alerts=len(starts.model) if live else None,
                            change_alerts=len(starts.change) if live else None)
 
@@ -521,18 +537,23 @@ def _time_to_alert(times: Sequence[float | None]) -> dict[str, Any]:
             "missed": len(times) - len(hits), "alerted": len(hits), "splices": len(times)}
 
 
-def evaluate(items: Sequence[MediaItem], evaluator: Evaluator, *, threshold: float, splices: int = 10,
+def evaluate(items: Sequence[MediaItem], evaluator: Evaluator, *, thresholds: Thresholds, splices: int = 10,
              model: dict | None = None, progress: Callable[[Iterable, int, str], Iterable] | None = None
              ) -> DatasetReport:
     """Score every item, run the live path over the real ones and over ``splices`` spliced streams, and
-    collect the metrics. ``progress(iterable, total, description)`` may wrap the loops (a progress bar)."""
-    from swapwatch.engines.deepfake.datasets import FAKE
+    collect the metrics: :func:`dataset_metrics` at the FAKE threshold (``threshold``), the REAL one
+    (``real_threshold``) and the :func:`verdict_counts` (``verdicts``). ``progress(iterable, total,
+    description)`` may wrap the loops (a progress bar)."""
+    from swapwatch.engines.deepfake.datasets import FAKE as FAKE_ITEM
 
     wrap = progress or (lambda it, total, desc: it)
-    videos = [evaluator.video(item, threshold=threshold) for item in wrap(items, len(items), "videos")]
+    videos = [evaluator.video(item, thresholds=thresholds) for item in wrap(items, len(items), "videos")]
     notes = []
     scored = [v for v in videos if v.score is not None]
-    metrics = dataset_metrics([v.y for v in scored], [v.score for v in scored], threshold)
+    labels, scores = [v.y for v in scored], [v.score for v in scored]
+    metrics = dataset_metrics(labels, scores, thresholds.fake)
+    metrics["real_threshold"] = thresholds.real
+    metrics["verdicts"] = verdict_counts(labels, scores, thresholds)
     metrics["n_no_faces"] = sum(v.verdict == "NO_FACES" for v in videos)
     metrics["n_errors"] = sum(v.verdict == "ERROR" for v in videos)
     if metrics["n_no_faces"]:
@@ -543,8 +564,8 @@ def evaluate(items: Sequence[MediaItem], evaluator: Evaluator, *, threshold: flo
     if missing:
         notes.append(f"no {' or '.join(missing)} video with a face: AUC and EER are undefined")
     ok = {id(item) for item, v in zip(items, videos) if v.verdict != "ERROR"}
-    reals = [i for i in items if i.label != FAKE and id(i) in ok]
-    fakes = [i for i in items if i.label == FAKE and id(i) in ok]
+    reals = [i for i in items if i.label != FAKE_ITEM and id(i) in ok]
+    fakes = [i for i in items if i.label == FAKE_ITEM and id(i) in ok]
     pairs = splice_pairs(reals, fakes, splices)
     if splices > 0 and not pairs:
         notes.append("no spliced streams: they need a readable real and a readable fake video")

@@ -10,6 +10,12 @@
   per-track scores go through a second policy with ``kind="model"`` and ``verified=False``.
 * **change**: the same scores, judged per track against the track's own baseline (change.py): a face whose
   score steps up and stays up raises ``kind="change"``, whatever its level (on by default with a detector).
+* **verdicts**: a detector whose model carries a REAL/FAKE band (``detector.info.thresholds``, thresholds.py)
+  gives every track a live verdict, the thresholds applied to the model policy's smoothed score (REAL,
+  UNCERTAIN or FAKE), and the model policy's ``high``/``low`` become the band's FAKE/REAL thresholds. A
+  verdict's changes are in :attr:`MonitorState.verdict_changes` (:class:`VerdictEvent`, the websocket's
+  ``verdict`` message), beside the alert events :meth:`FrameMonitor.process` returns: they are news about a
+  face, not alerts. A model with one threshold has no UNCERTAIN answer to give: no live verdicts, as before.
 
 One monitor per stream (it holds per-stream state; not thread-safe); no global state.
 """
@@ -20,13 +26,14 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
 from swapwatch.engines.deepfake.alerts import AlertEvent, AlertPolicy, AlertPolicyConfig
 from swapwatch.engines.deepfake.change import ChangeConfig, ChangePolicy
+from swapwatch.engines.deepfake.thresholds import UNCERTAIN, Thresholds
 from swapwatch.engines.faces import Face
 from swapwatch.engines.swap import WatermarkConfig, Watermarker, WatermarkResult
 
@@ -41,6 +48,36 @@ WATERMARK_POLICY = AlertPolicyConfig(high=0.75, low=0.25, ema_alpha=0.5, min_dwe
 # A learned detector's scores are noisier than a keyed watermark: a longer dwell and refractory.
 MODEL_POLICY = AlertPolicyConfig(high=0.7, low=0.4, ema_alpha=0.3, min_dwell=0.5, refractory=2.0,
                                  update_every=1.0, track_timeout=1.0)
+
+
+def live_thresholds(detector: object) -> Thresholds | None:
+    """The REAL/FAKE band of a detector's model (``detector.info.thresholds``), None when it has no band (one
+    threshold, or no ``info`` at all, as a scorer that is only a :class:`DeepfakeScorer`)."""
+    thresholds = getattr(getattr(detector, "info", None), "thresholds", None)
+    return thresholds if isinstance(thresholds, Thresholds) and thresholds.has_band else None
+
+
+def model_policy_for(thresholds: Thresholds | None, base: AlertPolicyConfig = MODEL_POLICY) -> AlertPolicyConfig:
+    """The model alert policy for a band: an alert may start at the FAKE threshold and ends below the REAL one
+    (``base``'s smoothing and timings); ``base`` itself without a band."""
+    if thresholds is None:
+        return base
+    return replace(base, high=thresholds.fake, low=thresholds.real)
+
+
+@dataclass(frozen=True)
+class VerdictEvent:
+    """A face track's live verdict changed (stream/PROTOCOL.md's ``verdict`` message): ``verdict`` is the
+    band applied to ``score``, the model policy's smoothed score at ``t``."""
+
+    track_id: int
+    t: float
+    verdict: str  # REAL | UNCERTAIN | FAKE
+    score: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "verdict", "track_id": int(self.track_id), "t": round(float(self.t), 3),
+                "verdict": self.verdict, "score": round(float(self.score), 4)}
 
 
 @runtime_checkable
@@ -64,7 +101,7 @@ class MonitorConfig:
     watermark_enabled: bool = True
     watermark_every: int = 1  # check the watermark on every k-th frame
     watermark_policy: AlertPolicyConfig = WATERMARK_POLICY
-    model_policy: AlertPolicyConfig = MODEL_POLICY
+    model_policy: AlertPolicyConfig | None = None  # None: MODEL_POLICY, high/low from the model's band if any
     change_enabled: bool = True  # change alerts beside the model's (only when a detector runs)
     change: ChangeConfig = ChangeConfig()
 
@@ -87,6 +124,16 @@ class MonitorState:
     model_alerts: dict[int, float] = field(default_factory=dict)  # tracks with an active alert -> smoothed
     change_alerts: dict[int, float] = field(default_factory=dict)  # tracks with an active change alert -> rise
     alerts_started: int = 0  # `start` events so far (all kinds)
+    # live verdicts (only with a model band): per followed track its verdict and the smoothed score it is of,
+    # and the changes on this frame (a track's first verdict included)
+    verdicts: dict[int, str] = field(default_factory=dict)
+    verdict_scores: dict[int, float] = field(default_factory=dict)
+    verdict_changes: tuple[VerdictEvent, ...] = ()
+
+    @property
+    def uncertain(self) -> dict[int, float]:
+        """Tracks whose live verdict is UNCERTAIN -> their smoothed score."""
+        return {tid: self.verdict_scores.get(tid, math.nan) for tid, v in self.verdicts.items() if v == UNCERTAIN}
 
     @property
     def alerting(self) -> bool:
@@ -102,9 +149,11 @@ class FrameMonitor:
         if detector is not None and not isinstance(detector, DeepfakeScorer):
             raise TypeError("detector must have a score_faces(frame_bgr, faces, t) method")
         self.detector = detector
+        self.thresholds = live_thresholds(detector)  # None: no live verdicts
         self.watermarker = watermarker or Watermarker(self.config.watermark)
         self.watermark_policy = AlertPolicy(self.config.watermark_policy, kind="watermark", verified=True)
-        self.model_policy = AlertPolicy(self.config.model_policy, kind="model", verified=False)
+        self.model_policy = AlertPolicy(self.config.model_policy or model_policy_for(self.thresholds),
+                                        kind="model", verified=False)
         self.change_policy = (ChangePolicy(self.config.change) if detector is not None and self.config.change_enabled
                               else None)
         self._state = MonitorState()
@@ -115,7 +164,8 @@ class FrameMonitor:
         return self._state
 
     def process(self, frame_bgr: np.ndarray, t: float, faces: Sequence[Face] = ()) -> list[AlertEvent]:
-        """Monitor one frame at time ``t`` (seconds, non-decreasing) with its tracked faces."""
+        """Monitor one frame at time ``t`` (seconds, non-decreasing) with its tracked faces; returns its alert
+        events (the live verdicts' changes are in :attr:`state`'s ``verdict_changes``)."""
         st = self._state
         t = float(t)
         events: list[AlertEvent] = []
@@ -141,12 +191,24 @@ class FrameMonitor:
             if self.change_policy is not None:
                 events += self.change_policy.step(t, present)
 
+        verdicts, smoothed = self._verdicts()
+        changes = tuple(VerdictEvent(tid, t, v, smoothed[tid]) for tid, v in verdicts.items()
+                        if st.verdicts.get(tid) != v)
         self._state = MonitorState(
             t=t, frames=st.frames + 1, watermark_checks=checks, watermarked_frames=found, watermark=result,
             watermark_alert=bool(self.watermark_policy.active), model_scores=scores,
             model_alerts=self.model_policy.active, change_alerts=self._change_alerts(),
-            alerts_started=st.alerts_started + sum(e.event == "start" for e in events))
+            alerts_started=st.alerts_started + sum(e.event == "start" for e in events),
+            verdicts=verdicts, verdict_scores=smoothed, verdict_changes=changes)
         return events
+
+    def _verdicts(self) -> tuple[dict[int, str], dict[int, float]]:
+        """Each track the model policy follows with a smoothed score: its verdict, and that score."""
+        if self.thresholds is None:
+            return {}, {}
+        smoothed = {tid: s for tid in sorted(self.model_policy.tracks)
+                    if (s := self.model_policy.smoothed(tid)) is not None}
+        return {tid: self.thresholds.verdict(s) for tid, s in smoothed.items()}, smoothed
 
     def close(self, t: float | None = None) -> list[AlertEvent]:
         """The stream ended (at ``t``, default the last frame's time): end every active alert."""
@@ -154,7 +216,8 @@ class FrameMonitor:
         events = self.watermark_policy.flush(t) + self.model_policy.flush(t)
         if self.change_policy is not None:
             events += self.change_policy.flush(t)
-        self._state = replace(self._state, t=t, watermark_alert=False, model_alerts={}, change_alerts={})
+        self._state = replace(self._state, t=t, watermark_alert=False, model_alerts={}, change_alerts={},
+                              verdicts={}, verdict_scores={}, verdict_changes=())
         return events
 
     def _change_alerts(self) -> dict[int, float]:
@@ -195,6 +258,7 @@ class OverlayConfig:
     alert_bgr: tuple[int, int, int] = (40, 40, 235)
     background_bgr: tuple[int, int, int] = (24, 24, 24)
     alert_background_bgr: tuple[int, int, int] = (20, 20, 190)  # an alert turns the whole box red
+    uncertain_bgr: tuple[int, int, int] = (66, 197, 245)  # amber bar: the detector cannot tell (not an alert)
     text_bgr: tuple[int, int, int] = (255, 255, 255)
 
 
@@ -217,7 +281,10 @@ class MonitorOverlay:
             tid, rise = max(state.change_alerts.items(), key=lambda kv: kv[1])
             return ["ALERT: score stepped up", f"track {tid} +{rise:.2f} over its own level"], True
         lines = ["monitoring - no alert"]
-        if state.model_scores:
+        if state.uncertain:
+            tid, score = max(state.uncertain.items(), key=lambda kv: kv[1])
+            lines.append(f"uncertain: track {tid} score {score:.2f}")
+        elif state.model_scores:
             lines.append(f"max score {max(state.model_scores.values()):.2f}")
         return lines, False
 
@@ -227,7 +294,7 @@ class MonitorOverlay:
         out = frame_bgr.copy()
         h, w = out.shape[:2]
         lines, alert = self.lines(state)
-        colour = cfg.alert_bgr if alert else cfg.ok_bgr
+        colour = cfg.alert_bgr if alert else (cfg.uncertain_bgr if state.uncertain else cfg.ok_bgr)
         unit = min(h, w)
         px = max(cfg.min_text_px, cfg.text_height * unit)
         font = cv2.FONT_HERSHEY_SIMPLEX

@@ -1,13 +1,15 @@
 """Offline deepfake detection of a whole video: one verdict, per-track scores and the score over time.
 
     video -> probe (fail fast on a bad file) -> score_video (faces tracked, every face scored, windows)
-          -> VideoReport: verdict REAL | FAKE | NO_FACES, score, windows, tracks, video, model, timings
+          -> VideoReport: verdict REAL | UNCERTAIN | FAKE | NO_FACES, score, windows, tracks, video, model, timings
 
 The verdict and score are the detector's (:class:`~swapwatch.engines.deepfake.detector.ClipScores`): the video's
-probability of being fake is its most suspicious face track; a video in which no face was found gets
-``NO_FACES`` and no score, never a guess. :func:`detect_video` backs ``swapwatch detect`` and the server's
-``POST /detect``, so both give the same JSON (:meth:`VideoReport.to_json`). What the report says about the
-model (which one, whether it is a demonstration model, its note) is read from the model's own
+probability of being fake is its most suspicious face track; the model's thresholds
+(:class:`~swapwatch.engines.deepfake.thresholds.Thresholds`) call it FAKE at or above the FAKE threshold, REAL
+below the REAL one and UNCERTAIN in between (a model with one threshold is never UNCERTAIN); a video in which
+no face was found gets ``NO_FACES`` and no score, never a guess. :func:`detect_video` backs ``swapwatch detect``
+and the server's ``POST /detect``, so both give the same JSON (:meth:`VideoReport.to_json`). What the report
+says about the model (which one, whether it is a demonstration model, its note) is read from the model's own
 ``detector.json`` and ``MODEL_CARD.md``.
 """
 
@@ -27,12 +29,12 @@ import numpy as np
 from swapwatch.engines.deepfake.detector import (
     DEFAULT_MODEL_DIR, INFO_FILE, ClipScores, DeepfakeDetector, score_video,
 )
+from swapwatch.engines.deepfake.thresholds import VERDICTS, Thresholds
 from swapwatch.engines.swap import WatermarkConfig, Watermarker
 from swapwatch.errors import InputError
 
 __all__ = ["VERDICTS", "VideoReport", "WatermarkEvidence", "detect_video", "model_info", "plot_report"]
 
-VERDICTS = ("REAL", "FAKE", "NO_FACES")
 MODEL_CARD = "MODEL_CARD.md"
 
 
@@ -79,14 +81,16 @@ class VideoReport:
     first and last frame times, its probability of being fake, how many of the track's frames it holds and
     whether that is the model's whole window: a track's first windows are shorter); ``tracks``: one
     ``{"track", "score", "verdict", "frames", "first", "last", "counted"}`` per face track (``counted``: long
-    enough to take part in the video's score, see :attr:`ClipScores.score`); ``watermark``: the
-    :class:`WatermarkEvidence` (``None`` when not checked). ``verified``: the verdict is FAKE because swapwatch's
-    own watermark was found, whatever ``score`` says.
+    enough to take part in the video's score, see :attr:`ClipScores.score`; a track's ``verdict`` is its score
+    against the same thresholds, None without a score); ``watermark``: the :class:`WatermarkEvidence` (``None``
+    when not checked). ``verified``: the verdict is FAKE because swapwatch's own watermark was found, whatever
+    ``score`` says. ``thresholds``: the FAKE and REAL thresholds applied (the JSON's ``threshold`` is the FAKE
+    one, as before the REAL one existed).
     """
 
     verdict: str
     score: float | None
-    threshold: float
+    thresholds: Thresholds
     windows: list[dict[str, Any]] = field(default_factory=list)
     tracks: list[dict[str, Any]] = field(default_factory=list)
     video: dict[str, Any] = field(default_factory=dict)
@@ -96,9 +100,15 @@ class VideoReport:
     watermark: dict[str, Any] | None = None
     verified: bool = False
 
+    @property
+    def threshold(self) -> float:
+        """The FAKE threshold."""
+        return self.thresholds.fake
+
     def to_json(self) -> dict[str, Any]:
         return {"verdict": self.verdict, "verified": self.verified, "score": _r(self.score),
-                "threshold": self.threshold, "watermark": self.watermark, "windows": self.windows,
+                "threshold": self.threshold, "thresholds": self.thresholds.to_json(),
+                "watermark": self.watermark, "windows": self.windows,
                 "tracks": self.tracks, "video": self.video, "model": self.model, "settings": self.settings,
                 "timings": self.timings}
 
@@ -135,13 +145,16 @@ def _card_note(folder: Path | None) -> str | None:
 
 
 def model_info(detector: DeepfakeDetector, path: str | Path | None = None) -> dict[str, Any]:
-    """``{"name", "path", "default", "sha256", "demonstration", "note", "threshold", "window", ...}``.
+    """``{"name", "path", "default", "sha256", "demonstration", "note", "threshold", "real_threshold", "window",
+    ...}``.
 
     ``default``: this is the committed default model (same weights as ``engines/weights/deepfake``, by the
     sha256 recorded in its ``detector.json``, or loaded from that folder). ``note``: ``detector.json``'s
     ``note`` if it has one, else the model card's first emphasised statement. ``demonstration``:
     ``detector.json``'s ``demonstration`` flag if it has one, else whether that note calls it a
-    demonstration model. ``path``: ``None`` or ``"default"`` both mean the default folder.
+    demonstration model. ``path``: ``None`` or ``"default"`` both mean the default folder. ``threshold`` and
+    ``real_threshold`` are the model's own (``real_threshold`` None: it has one threshold), whatever a user
+    overrode for one analysis.
     """
     extra = detector.info.extra
     folder = _model_folder(path)
@@ -172,6 +185,7 @@ def model_info(detector: DeepfakeDetector, path: str | Path | None = None) -> di
         "demonstration": demo,
         "note": note,
         "threshold": detector.info.threshold,
+        "real_threshold": detector.info.real_threshold,
         "window": detector.window,
         "validation_window_auc": _r(validation.get("window_auc")) if "window_auc" in validation else None,
     }
@@ -182,16 +196,19 @@ def model_info(detector: DeepfakeDetector, path: str | Path | None = None) -> di
 
 def detect_video(path: str | Path, *, detector: DeepfakeDetector, face_detector, detect_every: int = 1,
                  max_frames: int | None = None, window_stride: int | None = None, threshold: float | None = None,
-                 model_path: str | Path | None = None, name: str | None = None, check_watermark: bool = True,
+                 real_threshold: float | None = None, model_path: str | Path | None = None, name: str | None = None,
+                 check_watermark: bool = True,
                  progress: Callable[[int, int | None], None] | None = None) -> VideoReport:
-    """Find, track and score every face of a video file and decide REAL, FAKE or NO_FACES.
+    """Find, track and score every face of a video file and decide REAL, UNCERTAIN, FAKE or NO_FACES.
 
-    ``threshold``: the probability at or above which the video is called FAKE (default: the model's own).
-    ``max_frames``: analyse only the first N frames. ``progress(done, total)`` is called per frame (``total``
-    None when the container does not say). ``model_path``: where ``detector`` was loaded from (``None`` or
-    ``"default"``: the default model), for the report. ``name``: the video's name in the report (default: the
-    file's name). ``check_watermark``: look for swapwatch's own watermark on every frame, as ``monitor`` does;
-    found (see :class:`WatermarkEvidence`), the verdict is FAKE and ``verified``, whatever the model's score.
+    ``threshold``: the probability at or above which the video is called FAKE; ``real_threshold``: the one
+    below which it is called REAL (defaults: the model's own; see :meth:`Thresholds.overridden` for how one
+    given alone moves the other). ``max_frames``: analyse only the first N frames. ``progress(done, total)`` is
+    called per frame (``total`` None when the container does not say). ``model_path``: where ``detector`` was
+    loaded from (``None`` or ``"default"``: the default model), for the report. ``name``: the video's name in
+    the report (default: the file's name). ``check_watermark``: look for swapwatch's own watermark on every
+    frame, as ``monitor`` does; found (see :class:`WatermarkEvidence`), the verdict is FAKE and ``verified``,
+    whatever the model's score.
     Raises :class:`InputError` for a missing, unreadable or still-image file.
     """
     from swapwatch.engines.runtime import check_file, is_image_file, probe_video
@@ -202,8 +219,7 @@ def detect_video(path: str | Path, *, detector: DeepfakeDetector, face_detector,
         raise InputError("detect_every must be at least 1")
     if max_frames is not None and max_frames < 1:
         raise InputError("max_frames must be at least 1")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise InputError("threshold must lie in [0, 1]")
+    thresholds = _thresholds(detector, threshold, real_threshold)
     if is_image_file(path):
         raise InputError(f"{name}: is a still image; detect analyses videos (any format FFmpeg reads)")
     info = probe_video(path)
@@ -223,13 +239,12 @@ def detect_video(path: str | Path, *, detector: DeepfakeDetector, face_detector,
     clip = score_video(path, detector, face_detector, detect_every=detect_every, max_frames=max_frames,
                        window_stride=window_stride, progress=tick, on_frame=evidence)
     wall = time.perf_counter() - started
-    if threshold is not None:
-        clip.threshold = float(threshold)
+    clip.thresholds = thresholds
     windows, tracks = _windows_and_tracks(clip, detector.window)
     fps = float(info.fps) if info.fps else 0.0
     verified = evidence is not None and evidence.verified
     report = VideoReport(
-        verdict="FAKE" if verified else clip.verdict, score=clip.score, threshold=clip.threshold,
+        verdict="FAKE" if verified else clip.verdict, score=clip.score, thresholds=thresholds,
         windows=windows, tracks=tracks, verified=verified,
         watermark=evidence.to_json() if evidence is not None else None,
         video={"name": name, "frames": done, "frames_in_file": info.frames or None,
@@ -246,6 +261,16 @@ def detect_video(path: str | Path, *, detector: DeepfakeDetector, face_detector,
     if report.verdict not in VERDICTS:  # ClipScores grew a verdict this report does not know
         raise ValueError(f"unexpected verdict {report.verdict!r}")
     return report
+
+
+def _thresholds(detector: DeepfakeDetector, threshold: float | None, real_threshold: float | None) -> Thresholds:
+    for name, value in (("threshold", threshold), ("real_threshold", real_threshold)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise InputError(f"{name} must lie in [0, 1]")
+    try:
+        return detector.info.thresholds.overridden(fake=threshold, real=real_threshold)
+    except ValueError as exc:
+        raise InputError(f"the REAL threshold cannot be above the FAKE one: {exc}") from None
 
 
 def _windows_and_tracks(clip: ClipScores, window: int) -> tuple[list[dict], list[dict]]:
@@ -268,7 +293,7 @@ def _windows_and_tracks(clip: ClipScores, window: int) -> tuple[list[dict], list
         score = ts.score
         tracks.append({
             "track": tid, "score": _r(score),
-            "verdict": None if score is None else ("FAKE" if score >= clip.threshold else "REAL"),
+            "verdict": clip.track_verdict(tid),
             "frames": len(ts.frame_probs), "first": round(times[0], 3) if times else None,
             "last": round(times[-1], 3) if times else None,
             # the rule ClipScores.score applies: tracks seen on under a quarter of the longest's frames are
@@ -283,8 +308,9 @@ def _windows_and_tracks(clip: ClipScores, window: int) -> tuple[list[dict], list
 
 
 def plot_report(report: VideoReport, out_png: str | Path) -> Path:
-    """Each face track's window score over time (at each window's end), the threshold, the verdict in the
-    title. Written atomically with :func:`swapwatch.plotting.png_figure`."""
+    """Each face track's window score over time (at each window's end), the FAKE threshold and, for a model with
+    a band, the REAL threshold with the UNCERTAIN band between them shaded; the verdict in the title. Written
+    atomically with :func:`swapwatch.plotting.png_figure`."""
     from swapwatch.plotting import png_figure
 
     out_png = Path(out_png)
@@ -300,7 +326,13 @@ def plot_report(report: VideoReport, out_png: str | Path) -> Path:
             xs, ys = zip(*pts)
             label = f"track {track['track']}: {track['score']:.2f}" + ("" if track["counted"] else " (brief)")
             ax.plot(xs, ys, marker="." if len(pts) < 40 else None, lw=1.5, label=label)
-        ax.axhline(report.threshold, color="#d62728", ls="--", lw=1, label=f"threshold {report.threshold:.2f}")
+        th = report.thresholds
+        if th.has_band:
+            ax.axhspan(th.real, th.fake, color="#f5c542", alpha=0.18, lw=0, label="uncertain")
+            ax.axhline(th.real, color="#2ca02c", ls="--", lw=1, label=f"REAL below {th.real:.2f}")
+            ax.axhline(th.fake, color="#d62728", ls="--", lw=1, label=f"FAKE at {th.fake:.2f}")
+        else:
+            ax.axhline(th.fake, color="#d62728", ls="--", lw=1, label=f"threshold {th.fake:.2f}")
         if not report.windows:
             ax.text(0.5, 0.5, "no faces found", transform=ax.transAxes, ha="center", va="center",
                     fontsize=14, color="#666666")

@@ -1,4 +1,4 @@
-"""`swapwatch detect`: offline deepfake detection of a video file (REAL, FAKE or NO_FACES)."""
+"""`swapwatch detect`: offline deepfake detection of a video file (REAL, UNCERTAIN, FAKE or NO_FACES)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,22 @@ from pathlib import Path
 from swapwatch.errors import InputError
 
 
+UNCERTAIN_TEXT = "score between the real and fake thresholds: the detector cannot tell"
+
+
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         name, help=help_text,
         description=help_text + " Faces are found and tracked through the video, every face is scored over "
-        "sliding windows, and the video's score is its most suspicious face track's. A video without faces "
-        "gives NO_FACES, not a guess.")
+        "sliding windows, and the video's score is its most suspicious face track's: FAKE at or above the fake "
+        "threshold, REAL below the real threshold, UNCERTAIN in between (a model with one threshold is never "
+        "UNCERTAIN). A video without faces gives NO_FACES, not a guess.",
+        epilog="Exit status: 0 whatever the verdict (REAL, UNCERTAIN, FAKE or NO_FACES: read it from the output), "
+        "2 for an input that cannot be used, 3 for a missing or broken model, 4 for a backend that cannot run.")
     p.add_argument("input", help="a video file (any format FFmpeg reads, GIF included)")
     p.add_argument("--json", action="store_true",
-                   help='print only a JSON object: {"verdict", "verified", "score", "threshold", "watermark", '
-                        '"windows", "tracks", "video", "model", "settings", "timings"}')
+                   help='print only a JSON object: {"verdict", "verified", "score", "threshold", "thresholds", '
+                        '"watermark", "windows", "tracks", "video", "model", "settings", "timings"}')
     p.add_argument("--plot", metavar="OUT.png", help="write the score over time per face track as a PNG")
     p.add_argument("--model", metavar="DIR", default="default",
                    help="detector folder written by train-detector (default: the committed demonstration model; "
@@ -35,7 +41,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--window-stride", type=int, metavar="S",
                    help="score a window every S frames of each face track (default: every frame)")
     p.add_argument("--threshold", type=float, metavar="P",
-                   help="call the video FAKE when its score is at least P (default: the model's own)")
+                   help="the fake threshold: call the video FAKE when its score is at least P (default: the "
+                        "model's own). Given alone, it moves a one-threshold model's only threshold; a model's "
+                        "real threshold stays, unless it is above P: then it drops to P (no UNCERTAIN band left)")
+    p.add_argument("--real-threshold", type=float, metavar="P",
+                   help="the real threshold: call the video REAL when its score is below P, UNCERTAIN from P up "
+                        "to the fake threshold (default: the model's own; at most the fake threshold)")
     p.add_argument("--no-watermark-check", dest="check_watermark", action="store_false",
                    help="do not look for swapwatch's own watermark (by default a video that carries it is FAKE, "
                         "verified, whatever the model's score)")
@@ -54,8 +65,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--max-frames must be at least 1")
     if args.window_stride is not None and args.window_stride < 1:
         raise InputError("--window-stride must be at least 1")
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise InputError("--threshold must lie in [0, 1]")
+    for flag, value in (("--threshold", args.threshold), ("--real-threshold", args.real_threshold)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise InputError(f"{flag} must lie in [0, 1]")
+    if args.threshold is not None and args.real_threshold is not None and args.real_threshold > args.threshold:
+        raise InputError(f"--real-threshold {args.real_threshold:g} is above --threshold {args.threshold:g}: "
+                         "REAL must lie below FAKE")
     if args.plot:
         plot = Path(args.plot)
         if plot.suffix.lower() != ".png":
@@ -74,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = detect_video(path, detector=deepfake, face_detector=faces, detect_every=args.detect_every,
                               max_frames=args.max_frames, window_stride=args.window_stride,
-                              threshold=args.threshold, model_path=args.model,
+                              threshold=args.threshold, real_threshold=args.real_threshold, model_path=args.model,
                               check_watermark=args.check_watermark, progress=progress)
     finally:
         progress.close()
@@ -120,7 +135,9 @@ def _print_human(report, warning: str | None) -> None:
     score = "no score" if report.score is None else f"score {round(report.score, 4):.3f}"
     n_tracks = len(report.tracks)
     duration = f"{v['duration']:.2f} s" if v.get("duration") is not None else "unknown length"
-    print(f"{v['name']}: {report.verdict} ({score}, threshold {report.threshold:.2f}) - {v['frames']} frames"
+    th = report.thresholds
+    limits = (f"real below {th.real:.2f}, fake at {th.fake:.2f}" if th.has_band else f"threshold {th.fake:.2f}")
+    print(f"{v['name']}: {report.verdict} ({score}, {limits}) - {v['frames']} frames"
           f"{' (first only)' if v.get('truncated') else ''}, {duration}, {n_tracks} face track(s), "
           f"analysed in {report.timings['analysis_s']:.1f} s")
     wm = report.watermark
@@ -129,6 +146,8 @@ def _print_human(report, warning: str | None) -> None:
               f"({wm['first']:.2f}-{wm['last']:.2f} s): a swapwatch swap, FAKE whatever the model's score")
     elif report.verdict == "NO_FACES":
         print("  no face was found in any analysed frame: no verdict on whether it is fake")
+    elif report.verdict == "UNCERTAIN":
+        print(f"  UNCERTAIN ({UNCERTAIN_TEXT})")
     for t in report.tracks:
         brief = "" if t["counted"] else " (brief track, not counted in the video's score)"
         print(f"  track {t['track']}: {t['score']:.3f} {t['verdict']}, {t['frames']} frames, "

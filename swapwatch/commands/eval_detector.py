@@ -1,6 +1,7 @@
 """`swapwatch eval-detector`: measure the deepfake detector on a labelled video dataset.
 
-Video level: AUC, EER, accuracy at the threshold, calibration error. Live: time to alert on streams spliced
+Video level: AUC, EER, accuracy at the threshold, calibration error, and how many real and fake videos the
+model's thresholds call REAL, UNCERTAIN and FAKE. Live: time to alert on streams spliced
 from a real video to a fake one, and false alerts per hour of real footage, for the model alert (a fixed
 threshold) and the change alert (a face's score stepping up over its own baseline)
 (``engines/deepfake/evaluation.py``).
@@ -30,8 +31,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "           file name, are spliced together for the time-to-alert streams)\n"
         "  ffpp     a FaceForensics++ root (original_sequences/youtube/<c>/videos, manipulated_sequences/...)\n"
         "  dfdc     a DFDC root (metadata.json files beside the videos)\n\n"
-        "Each video gets the detector's offline score (its most suspicious face track); videos without a\n"
-        "face are listed as NO_FACES and left out of the metrics. The live measures run the monitor's path\n"
+        "Each video gets the detector's offline score (its most suspicious face track) and a verdict: FAKE at\n"
+        "or above the fake threshold, REAL below the real one, UNCERTAIN between (a model with one threshold\n"
+        "is never UNCERTAIN); videos without a face are listed as NO_FACES and left out of the metrics. The\n"
+        "live measures run the monitor's path\n"
         "(face tracker, sliding windows with the live strides, the model and change alert policies; watermark\n"
         "check off): time to alert from the splice on streams made of a real video's frames followed by a\n"
         "fake's, and alerts per hour on the real videos, for each kind of alert.")
@@ -46,7 +49,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--detector", choices=("mtcnn", "yunet", "scrfd"), default="yunet",
                    help="face detector (default: yunet)")
     p.add_argument("--threshold", type=float, metavar="P",
-                   help="probability at or above which a video is called FAKE (default: the model's)")
+                   help="the fake threshold: probability at or above which a video is called FAKE (default: the "
+                        "model's). Given alone, it moves a one-threshold model's only threshold; a model's real "
+                        "threshold above P drops to P. The live measures keep the model's own")
+    p.add_argument("--real-threshold", type=float, metavar="P",
+                   help="the real threshold: a video scoring below P is called REAL, from P up to the fake "
+                        "threshold UNCERTAIN (default: the model's)")
     p.add_argument("--json", metavar="OUT", type=Path, help="write the full report as JSON")
     p.add_argument("--plot", metavar="OUT.png", type=Path,
                    help="write ROC curve, score histograms and reliability diagram to a PNG")
@@ -69,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
     from swapwatch.engines.deepfake import DeepfakeDetector, Evaluator, StreamSettings, WindowConfig, evaluate
     from swapwatch.engines.faces import create_detector
 
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise InputError("--threshold must lie in [0, 1]")
+    for flag, value in (("--threshold", args.threshold), ("--real-threshold", args.real_threshold)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise InputError(f"{flag} must lie in [0, 1]")
     for name in ("max_videos", "max_frames"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -92,7 +101,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(str(exc)) from None
     detector = DeepfakeDetector.load(args.model, backend=args.backend, config=window)
     faces = create_detector(DetectorConfig(name=args.detector, backend=args.backend))
-    threshold = detector.info.threshold if args.threshold is None else args.threshold
+    try:
+        thresholds = detector.info.thresholds.overridden(fake=args.threshold, real=args.real_threshold)
+    except ValueError as exc:
+        raise InputError(f"--real-threshold must not be above the fake threshold: {exc}") from None
     for warning in class_warnings(items):
         print(f"swapwatch eval-detector: warning: {warning}", file=sys.stderr)
 
@@ -100,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         return tqdm(iterable, total=total, desc=desc, unit="video" if desc == "videos" else "stream",
                     disable=None, file=sys.stderr)
 
-    report = evaluate(items, Evaluator(detector, faces, settings), threshold=threshold, splices=args.splices,
+    report = evaluate(items, Evaluator(detector, faces, settings), thresholds=thresholds, splices=args.splices,
                       model=model_info(args, detector, window, settings), progress=progress)
     print_report(report)
     if args.json is not None:
@@ -165,15 +177,17 @@ def class_warnings(items) -> list[str]:
 def model_info(args, detector, window, settings) -> dict:
     from dataclasses import asdict
 
-    from swapwatch.engines.deepfake import DEFAULT_MODEL_DIR, MODEL_POLICY, ChangeConfig
+    from swapwatch.engines.deepfake import DEFAULT_MODEL_DIR, ChangeConfig, live_thresholds, model_policy_for
 
     info = detector.info
+    policy = settings.policy or model_policy_for(live_thresholds(detector))  # as the monitor chooses it
     return {"path": str(args.model or DEFAULT_MODEL_DIR), "default": args.model in (None, "default"),
-            "threshold": info.threshold, "window": info.window, "crop_size": info.crop_size,
+            "threshold": info.threshold, "real_threshold": info.real_threshold, "window": info.window,
+            "crop_size": info.crop_size,
             "sha256": info.extra.get("sha256"), "backend": args.backend, "face_detector": args.detector,
             "live": {"feature_stride": window.feature_stride, "score_stride": window.score_stride,
                      "detect_every": settings.detect_every, "max_frames": settings.max_frames,
-                     "policy": asdict(settings.policy or MODEL_POLICY),
+                     "policy": asdict(policy),
                      "change": asdict(settings.change or ChangeConfig())}}
 
 
@@ -212,9 +226,26 @@ def print_report(report) -> None:
           f"{m['n_errors']} unreadable")
     print(f"AUC {_f(m['auc'])}   EER {_f(m['eer'])} (threshold {_f(m['eer_threshold'])})   "
           f"accuracy {_f(m['accuracy'])} at {m['threshold']:.3f}   ECE {_f(m['ece'])} ({m['ece_bins']} bins)")
+    print_verdicts(m)
     print_live_table(s)
     for note in report.notes:
         print(f"note: {note}")
+
+
+def print_verdicts(m: dict) -> None:
+    """How the thresholds call each class: the errors, and what they leave UNCERTAIN."""
+    real, fake = m["verdicts"]["real"], m["verdicts"]["fake"]
+    band = (f"real below {m['real_threshold']:.3f}, fake at {m['threshold']:.3f}"
+            if _has_band(m) else f"threshold {m['threshold']:.3f}")
+    print(f"verdicts ({band}): real clips called FAKE: {real['FAKE']}/{m['n_real']}, UNCERTAIN: "
+          f"{real['UNCERTAIN']}/{m['n_real']}; fake clips called REAL: {fake['REAL']}/{m['n_fake']}, UNCERTAIN: "
+          f"{fake['UNCERTAIN']}/{m['n_fake']}")
+
+
+def _has_band(m: dict) -> bool:
+    from swapwatch.engines.deepfake import Thresholds
+
+    return Thresholds(fake=m["threshold"], real=m["real_threshold"]).has_band
 
 
 LIVE_KINDS = (("model", ""), ("change", "change_"))  # alert kind, its prefix in the report's streams
@@ -266,7 +297,12 @@ def plot_report(report, out: Path) -> None:
         for label, name, colour in ((0, "real", "C0"), (1, "fake", "C3")):
             if (y == label).any():
                 hist.hist(s[y == label], bins=edges, alpha=0.6, color=colour, label=f"{name} ({(y == label).sum()})")
-        hist.axvline(m["threshold"], color="k", linestyle=":", label=f"threshold {m['threshold']:.2f}")
+        if _has_band(m):  # the UNCERTAIN band between the two thresholds
+            hist.axvspan(m["real_threshold"], m["threshold"], color="#f5c542", alpha=0.2, lw=0, label="uncertain")
+            hist.axvline(m["real_threshold"], color="C2", linestyle=":", label=f"REAL below {m['real_threshold']:.2f}")
+            hist.axvline(m["threshold"], color="k", linestyle=":", label=f"FAKE at {m['threshold']:.2f}")
+        else:
+            hist.axvline(m["threshold"], color="k", linestyle=":", label=f"threshold {m['threshold']:.2f}")
         hist.set(xlim=(0, 1), xlabel="video score (probability of fake)", ylabel="videos", title="Scores by label")
         hist.yaxis.set_major_locator(MaxNLocator(integer=True))
         hist.legend(loc="best")

@@ -13,14 +13,16 @@ from swapwatch.commands.options import add_deepfake_options, deepfake_config
 from swapwatch.errors import InputError
 
 if TYPE_CHECKING:
-    from swapwatch.engines.deepfake import AlertEvent, DeepfakeScorer
+    from swapwatch.engines.deepfake import AlertEvent, DeepfakeScorer, VerdictEvent
 
 log = logging.getLogger("swapwatch.monitor")
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(name, help=help_text, description=help_text + " Alert events (start, update, "
-                              "end) are printed as they happen, then a summary.")
+                              "end) are printed as they happen, then a summary; with a deepfake model that has "
+                              "a REAL/FAKE band, so is each face track's live verdict (REAL, UNCERTAIN, FAKE) "
+                              "when it changes.")
     p.add_argument("source", help="a video file, or a stream URL (rtsp://, http(s)://, udp://, rtmp://, srt://)")
     p.add_argument("--json", action="store_true", help="print events and the summary as JSON lines")
     p.add_argument("--ws", metavar="URL", help="also send every event (JSON) to this websocket; it is retried "
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace, *, deepfake: DeepfakeScorer | None = None) -> 
                 faces = tracker.process(frame.image, frame.time)
                 tracks.update(f.track_id for f in faces if f.track_id is not None)
                 report.events(monitor.process(frame.image, frame.time, faces))
+                report.verdicts(monitor.state.verdict_changes)
                 if args.draw:
                     writer = writer or _writer(args.draw, source)
                     writer.write(overlay.draw(frame.image, monitor.state, faces))
@@ -101,7 +104,7 @@ def run(args: argparse.Namespace, *, deepfake: DeepfakeScorer | None = None) -> 
         wall = time.monotonic() - started
         report.summary({
             "type": "summary", "source": args.source, "frames": st.frames, "dropped": source.dropped,
-            "alerts": st.alerts_started, "alert_events": report.count,
+            "alerts": st.alerts_started, "alert_events": report.count, "verdict_changes": report.verdict_count,
             "watermark_checks": st.watermark_checks, "watermarked_frames": st.watermarked_frames,
             "tracks": len(tracks), "duration_s": round(last_t, 3), "wall_s": round(wall, 3),
             "fps": round(st.frames / wall, 2) if wall > 0 else 0.0, "live": bool(source.live),
@@ -125,12 +128,28 @@ def _writer(path: str, source):
 
 
 class _Reporter:
-    """Prints events (JSON lines or text) on stdout as they happen, and forwards them to the websocket."""
+    """Prints events (JSON lines or text) on stdout as they happen, and forwards them to the websocket: alert
+    events and live verdict changes, the server's websocket messages of the same names."""
 
     def __init__(self, as_json: bool, forwarder) -> None:
         self.as_json = as_json
         self.forwarder = forwarder
-        self.count = 0
+        self.count = 0  # alert events
+        self.verdict_count = 0  # verdict changes (not alerts)
+
+    def verdicts(self, changes: tuple[VerdictEvent, ...]) -> None:
+        for v in changes:
+            msg = v.to_json()
+            self.verdict_count += 1
+            if self.forwarder is not None:
+                self.forwarder.send(msg)
+            if self.as_json:
+                print(json.dumps(msg), flush=True)
+            else:
+                why = " (between the real and fake thresholds: the detector cannot tell)" \
+                    if v.verdict == "UNCERTAIN" else ""
+                print(f"verdict face track {v.track_id}: {v.verdict} at {v.t:.2f} s, score {v.score:.2f}{why}",
+                      flush=True)
 
     def events(self, events: list[AlertEvent]) -> None:
         for e in events:
@@ -147,7 +166,7 @@ class _Reporter:
                       f"mean {e.mean:.2f}", flush=True)
 
     def summary(self, msg: dict[str, Any]) -> None:
-        # Only alert events go to the websocket (the protocol's messages); the summary is for stdout.
+        # Only alert and verdict events go to the websocket (the protocol's messages); the summary is for stdout.
         if self.as_json:
             print(json.dumps(msg), flush=True)
         else:
