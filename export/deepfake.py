@@ -70,6 +70,9 @@ class ScorerConfig:
     # "yunet": the stem is YuNet 2023mar's first layers (to stride 8, 64 channels), started from its real
     # weights (``FrameScorer.load_stem``): filters learned on hundreds of thousands of real faces, where our
     # own training sees 17 people. It reads raw BGR pixels, so it excludes ``highpass``.
+    # "dlib": dlib's face-recognition ResNet up to its second level (``DlibStem``: 64 channels at stride 8),
+    # frozen from the released weights (CC0): a network trained to tell about 7 500 people apart on about 3 M
+    # faces, whose early layers see skin texture, not who it is. It takes dlib's own 150x150 input.
     stem: str = "resnet"
 
     def __post_init__(self) -> None:
@@ -77,23 +80,34 @@ class ScorerConfig:
         object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
         if len(self.widths) != len(self.blocks) or not self.widths:
             raise ValueError("widths and blocks need one entry per stage")
-        if self.stem not in ("resnet", "yunet"):
-            raise ValueError(f"unknown stem {self.stem!r} (resnet or yunet)")
-        if self.stem == "yunet" and self.highpass:
-            raise ValueError("the yunet stem reads raw pixels: no highpass")
-        if self.size % self.stride != 0:
+        if self.stem not in ("resnet", "yunet", "dlib"):
+            raise ValueError(f"unknown stem {self.stem!r} (resnet, yunet or dlib)")
+        if self.stem != "resnet" and self.highpass:
+            raise ValueError(f"the {self.stem} stem reads raw pixels: no highpass")
+        if self.stem == "dlib":
+            if self.size != DlibStem.SIZE:
+                raise ValueError(f"the dlib stem takes dlib's {DlibStem.SIZE}x{DlibStem.SIZE} input: --crop-size "
+                                 f"{DlibStem.SIZE}")
+        elif self.size % self.stride != 0:
             raise ValueError(f"crop size {self.size} must be divisible by {self.stride}")
         if self.local_topk:
             if not self.aux_map:
                 raise ValueError("local_topk scores the altered-region map: it needs aux_map")
-            cells = (self.size // self.stride) ** 2
+            cells = self.map_side ** 2
             if not 1 <= self.local_topk <= cells:
                 raise ValueError(f"local_topk must lie in [1, {cells}] (the map's cells)")
 
     @property
     def stride(self) -> int:
         """The last stage's stride: the stem's (2, or 8 for YuNet's), and 2 for every stage after the first."""
-        return (8 if self.stem == "yunet" else 2) * 2 ** (len(self.widths) - 1)
+        return (8 if self.stem in ("yunet", "dlib") else 2) * 2 ** (len(self.widths) - 1)
+
+    @property
+    def map_side(self) -> int:
+        """Cells per side of the last stage's map (dlib's unpadded stem and pools do not divide evenly)."""
+        if self.stem == "dlib":
+            return math.ceil(DlibStem.OUT_SIDE / 2 ** (len(self.widths) - 1))
+        return self.size // self.stride
 
     @property
     def map_stage(self) -> int:
@@ -211,6 +225,33 @@ class YuNetStem(nn.Module):
                 conv.bias.copy_(torch.from_numpy(b.copy()))
 
 
+class DlibStem(nn.Module):
+    """dlib's face-recognition ResNet (``export/dlib_resnet.py``) up to feature level 2 (its stem, alevel4 and
+    alevel3: 64 channels, 17x17 for the 150x150 input; 0.34 M parameters). Input: BGR 0..255, the scorer's
+    contract; the channels are reordered to dlib's RGB and normalised inside."""
+
+    LEVEL = 2
+    SIZE = 150
+    OUT_SIDE = 17
+
+    def __init__(self) -> None:
+        super().__init__()
+        from swapwatch.export.dlib_resnet import DlibFaceResNet
+
+        self.trunk = DlibFaceResNet().truncated(self.LEVEL)
+        self.out_channels = 64
+        self.register_buffer("bgr_to_rgb", torch.tensor([2, 1, 0]), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x.index_select(1, self.bgr_to_rgb))
+
+    def load_dat(self, path: str | Path) -> None:
+        """The released weights from dlib's own ``dlib_face_recognition_resnet_model_v1.dat`` (strict)."""
+        from swapwatch.export.dlib_resnet import load_dlib_resnet
+
+        self.trunk.load_state_dict(load_dlib_resnet(path).truncated(self.LEVEL).state_dict())
+
+
 class MonotoneLinear(nn.Linear):
     """A linear layer whose weights are kept positive (softplus of the stored ones): the output can only rise
     with each input. Over the map's sorted cell logits, a frame's score then only rises with its evidence; a
@@ -243,8 +284,8 @@ class FrameScorer(nn.Module):
             k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
             k = torch.outer(k, k) / 256.0
             self.register_buffer("blur_kernel", k.expand(3, 1, 5, 5).clone(), persistent=False)
-        if config.stem == "yunet":
-            self.stem = YuNetStem()
+        if config.stem in ("yunet", "dlib"):
+            self.stem = YuNetStem() if config.stem == "yunet" else DlibStem()
             cin = self.stem.out_channels
         else:
             self.stem = nn.Sequential(_conv_bn(6 if config.highpass else 3, widths[0], 2), nn.ReLU(inplace=True))
@@ -261,8 +302,8 @@ class FrameScorer(nn.Module):
         self.classifier = (MonotoneLinear if config.local_topk else nn.Linear)(config.feature_dim, 1)
         if config.aux_map:
             self.aux = nn.Conv2d(widths[config.map_stage], 1, 1)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Conv2d) and not name.startswith("stem.trunk."):  # dlib's keeps its own init
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
@@ -272,10 +313,13 @@ class FrameScorer(nn.Module):
                 nn.init.zeros_(m.conv2[1].weight)
 
     def load_stem(self, path: str | Path) -> None:
-        """Start the YuNet stem from a YuNet ONNX file's weights."""
-        if self.config.stem != "yunet":
-            raise ValueError("only the yunet stem loads pretrained weights")
-        self.stem.load_onnx(path)
+        """Start a pretrained stem from its released file: YuNet's ONNX file, or dlib's ``.dat``."""
+        if self.config.stem == "yunet":
+            self.stem.load_onnx(path)
+        elif self.config.stem == "dlib":
+            self.stem.load_dat(path)
+        else:
+            raise ValueError("only the yunet and dlib stems load pretrained weights")
 
     def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features, logits, _ = self.forward_train(crops, with_map=False)
@@ -283,7 +327,7 @@ class FrameScorer(nn.Module):
 
     def forward_train(self, crops: torch.Tensor, *, with_map: bool = True):
         """(features, logits, altered-region map logits (N, 1, h, w) at the map stage's resolution, or None)."""
-        x = crops if self.config.stem == "yunet" else (crops - self.PIXEL_MEAN) * self.PIXEL_SCALE
+        x = crops if self.config.stem != "resnet" else (crops - self.PIXEL_MEAN) * self.PIXEL_SCALE
         if self.config.highpass:
             blurred = nn.functional.conv2d(nn.functional.pad(x, (2, 2, 2, 2), mode="replicate"),
                                            self.blur_kernel, groups=3)

@@ -96,7 +96,19 @@ def test_calibrated_training_end_to_end_and_resume(shared_assets, tmp_path, caps
         assert "calibration" not in fold
     saved = torch.load(out / "detector.pt", weights_only=True)
     np.testing.assert_allclose(saved["head"]["calibration"].numpy(), [cal["scale"], cal["bias"]], atol=1e-5)
-    DeepfakeDetector.load(out, backend="onnxruntime")
+    detector = DeepfakeDetector.load(out, backend="onnxruntime")
+
+    # The verdict thresholds come from the out-of-fold clips: every held-out identity's real clip is there,
+    # no real clip reaches FAKE (under 20 of them, 5% allows none), and REAL lies at or below FAKE.
+    clips, fitted = cal["clips"], info["thresholds"]
+    real = [c["score"] for c in clips if c["label"] == 0]
+    assert {c["identity"] for c in clips if c["label"] == 0} == {"grid_bbaf2n", "max_Bryan", "max_Chris"}
+    assert fitted["fake"] > max(real) and fitted["reals_flagged"] == 0
+    assert 0.0 <= fitted["real"] <= fitted["fake"] <= 1.0
+    assert (info["threshold"], info["real_threshold"]) == (fitted["fake"], fitted["real"])
+    assert detector.info.thresholds.fake == fitted["fake"] and detector.info.thresholds.real == fitted["real"]
+    assert sum(sum(v["real"].values()) for v in fitted["per_identity"].values()) == len(real)
+    assert "verdict thresholds from" in printed
 
     assert main([*argv, "--resume"]) == 0
     printed = capsys.readouterr().out

@@ -192,6 +192,37 @@ def test_yunet_stem_is_yunets_first_layers(yunet_onnx, tmp_path):
             read(garbage)
 
 
+def test_dlib_stem_is_dlibs_network_to_its_second_level(tmp_path):
+    """The dlib stem loaded from a file in dlib's own format computes DlibFaceResNet.features(level 2) of the
+    same file on the BGR crop turned to RGB; a scorer on it (150 px, a 17x17 evidence map) exports with parity;
+    the stem's weights stay as dlib trained them (not re-initialised)."""
+    from fixtures_dlib import write_fixture
+
+    from swapwatch.export.deepfake import DlibStem
+    from swapwatch.export.dlib_resnet import load_dlib_resnet
+
+    dat = write_fixture(tmp_path / "dlib.dat", seed=3)
+    config = ScorerConfig(150, (32,), (1,), aux_map=True, local_topk=8, stem="dlib")
+    assert config.map_side == DlibStem.OUT_SIDE == 17 and config.feature_dim == 8
+    scorer = FrameScorer(config)
+    scorer.load_stem(dat)
+    x = torch.from_numpy((np.random.default_rng(0).random((2, 3, 150, 150)) * 255).astype(np.float32))
+    with torch.no_grad():
+        expected = load_dlib_resnet(dat).features(x.flip(1), DlibStem.LEVEL)
+        got = scorer.stem(x)
+        _, _, region = scorer.forward_train(x)
+    assert got.shape == (2, 64, 17, 17) and torch.equal(got, expected)
+    assert region.shape == (2, 1, 17, 17)
+    models = DetectorModels(scorer.eval(), TemporalHead(HeadConfig(config.feature_dim)))
+    path = export_scorer(models.scorer, tmp_path / "scorer.onnx")
+    assert check_parity(models.scorer, path, scorer_parity_inputs(config),
+                        tolerance=DETECTOR_TOLERANCE).worst_rel_error <= 1e-4
+    with pytest.raises(ValueError, match="150"):
+        ScorerConfig(128, (32,), (1,), aux_map=True, local_topk=8, stem="dlib")
+    with pytest.raises(ValueError, match="highpass"):
+        ScorerConfig(150, (32,), (1,), highpass=True, stem="dlib")
+
+
 def test_region_loss_targets_where_the_fake_differs():
     from swapwatch.engines.deepfake import DetectorTrainer
 

@@ -20,7 +20,7 @@ resumes like any run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -28,6 +28,7 @@ import numpy as np
 
 from swapwatch.engines.deepfake.detector import sigmoid
 from swapwatch.engines.deepfake.evaluation import roc_auc
+from swapwatch.engines.deepfake.thresholds import Thresholds
 from swapwatch.errors import InputError
 
 FOLD_STREAM = 12  # random stream of the fold assignment and the folds' cross-identity swaps
@@ -45,11 +46,42 @@ class Calibration:
     window_auc: float  # out-of-fold, over the fitted kinds (an affine map with scale > 0 keeps it)
     flagged: dict[str, float]  # per kind: out-of-fold windows at or above 0.5 after calibration
     raw_flagged: dict[str, float]  # the same before calibration
+    # Per out-of-fold clip: {"clip", "identity", "kind", "label", "score"}, score the mean calibrated window
+    # probability (what a video's track gets at run time): what the verdict thresholds are fitted on.
+    clips: list[dict] = field(default_factory=list)
 
     @property
     def threshold_logit(self) -> float:
         """The raw logit that the calibrated 0.5 threshold corresponds to."""
         return -self.bias / self.scale
+
+    def clip_scores(self, *, kinds: Sequence[str] | None = None) -> tuple[list[float], list[float]]:
+        """(real clip scores, fake clip scores) out of fold; fakes of ``kinds`` only (default: the fitted ones)."""
+        keep = set(self.fitted_on if kinds is None else kinds)
+        real = [c["score"] for c in self.clips if c["label"] == 0]
+        fake = [c["score"] for c in self.clips if c["label"] == 1 and c["kind"] in keep]
+        return real, fake
+
+    def verdict_thresholds(self, *, max_real_flagged: float = 0.05,
+                           min_fake_caught: float = 0.95) -> tuple[Thresholds, dict]:
+        """The FAKE and REAL thresholds fitted on the out-of-fold clips (:meth:`Thresholds.fit`: at most
+        ``max_real_flagged`` of held-out people's real clips at FAKE), and a report with, per identity, how its
+        real clips and its fakes fare at them: what a new person's real video can expect."""
+        real, fake = self.clip_scores()
+        thresholds, fit = Thresholds.fit(real, fake, max_real_flagged=max_real_flagged,
+                                         min_fake_caught=min_fake_caught)
+        per_identity: dict[str, dict] = {}
+        for c in self.clips:
+            if c["label"] == 1 and c["kind"] not in self.fitted_on:
+                continue
+            row = per_identity.setdefault(c["identity"], {"real": {}, "fake": {}})
+            side = row["real" if c["label"] == 0 else "fake"]
+            verdict = thresholds.verdict(c["score"])
+            side[verdict] = side.get(verdict, 0) + 1
+        return thresholds, {**thresholds.to_json(), "max_real_flagged": max_real_flagged,
+                            "min_fake_caught": min_fake_caught, "fitted_on": "out-of-fold clips (" +
+                            ", ".join(self.fitted_on) + ")", **fit.to_json(),
+                            "per_identity": dict(sorted(per_identity.items()))}
 
     def report(self) -> dict:
         return {"scale": round(self.scale, 5), "bias": round(self.bias, 5),
@@ -57,7 +89,8 @@ class Calibration:
                 "folds": self.folds, "fitted_on": self.fitted_on, "windows": self.windows,
                 "out_of_fold_window_auc": round(self.window_auc, 4),
                 "windows_flagged": {k: round(v, 4) for k, v in self.flagged.items()},
-                "uncalibrated_windows_flagged": {k: round(v, 4) for k, v in self.raw_flagged.items()}}
+                "uncalibrated_windows_flagged": {k: round(v, 4) for k, v in self.raw_flagged.items()},
+                "clips": [{**c, "score": round(float(c["score"]), 4)} for c in self.clips]}
 
 
 def fit_platt(labels: Sequence[int], logits: Sequence[float], *, ridge: float = 1e-3,
@@ -121,7 +154,7 @@ def cross_fit(config, data, *, stem_weights: Path | None, echo: Callable[[str], 
 
     groups = identity_folds(data.train_ids, config.calibration_folds, config.seed)
     fakers = make_swappers(config.swappers) if config.swap_fakes else []
-    labels, logits, kinds = [], [], []
+    labels, logits, kinds, names = [], [], [], []
     for k, held in enumerate(groups):
         held_set = set(held)
         fold = TrainingData(
@@ -147,25 +180,30 @@ def cross_fit(config, data, *, stem_weights: Path | None, echo: Callable[[str], 
         trainer = DetectorTrainer(fold_config, fold, echo=lambda line, k=k: echo(f"  [fold {k + 1}] {line}"),
                                   stem_weights=stem_weights)
         trainer.run(resume=True)
-        y, z, kind = trainer.window_logits()
+        y, z, kind, name = trainer.window_logits()
         labels.append(y)
         logits.append(z)
         kinds.append(kind)
-    y, z, kind = np.concatenate(labels), np.concatenate(logits), np.concatenate(kinds)
+        names.append(name)
+    y, z, kind, name = (np.concatenate(v) for v in (labels, logits, kinds, names))
     fit = kind != "selfswap"
     auc = roc_auc(y[fit], z[fit])
     a, b = fit_platt(y[fit], z[fit])
     if not a > 0:
         raise InputError(f"out-of-fold windows rank real above fake (AUC {auc:.3f}): no calibration can help; "
                          "train without --calibrate")
-    names = sorted(set(kind.tolist()), key=lambda v: (v != "real", v))  # real first
+    kind_names = sorted(set(kind.tolist()), key=lambda v: (v != "real", v))  # real first
     fitted = set(kind[fit].tolist())
+    prob = sigmoid(a * z + b)
+    clips = [{"clip": str(c), "identity": str(c).split(":", 1)[0], "kind": str(kind[name == c][0]),
+              "label": int(y[name == c][0]), "score": float(np.mean(prob[name == c]))}
+             for c in dict.fromkeys(name.tolist())]
     result = Calibration(
-        scale=a, bias=b, folds=groups, fitted_on=[v for v in names if v in fitted],
-        windows={v: int((kind == v).sum()) for v in names}, window_auc=auc,
-        flagged={v: float(np.mean(sigmoid(a * z[kind == v] + b) >= 0.5)) for v in names},
-        raw_flagged={v: float(np.mean(sigmoid(z[kind == v]) >= 0.5)) for v in names})
+        scale=a, bias=b, folds=groups, fitted_on=[v for v in kind_names if v in fitted],
+        windows={v: int((kind == v).sum()) for v in kind_names}, window_auc=auc,
+        flagged={v: float(np.mean(prob[kind == v] >= 0.5)) for v in kind_names},
+        raw_flagged={v: float(np.mean(sigmoid(z[kind == v]) >= 0.5)) for v in kind_names}, clips=clips)
     echo(f"calibration: {a:.3f} x logit + {b:.3f} from {int(fit.sum())} out-of-fold windows (window AUC "
          f"{auc:.3f}); windows flagged before -> after: " +
-         ", ".join(f"{v} {result.raw_flagged[v]:.0%} -> {result.flagged[v]:.0%}" for v in names))
+         ", ".join(f"{v} {result.raw_flagged[v]:.0%} -> {result.flagged[v]:.0%}" for v in kind_names))
     return result

@@ -73,6 +73,9 @@ class TrainConfig:
     # K >= 2: fit the head's output calibration on K cross-fitted fold models (engines/deepfake/calibration.py), which
     # trains K more models. 0: the logit as trained.
     calibration_folds: int = 0
+    # With calibration folds: the FAKE threshold is set so that at most this share of the out-of-fold (new
+    # people's) real clips reach it, and the REAL threshold below all but 5% of their fakes; UNCERTAIN between.
+    max_real_flagged: float = 0.05
     # data
     max_frames: int = 96  # first N frames of each video
     still_frames: int = 24  # a photo becomes a clip of this many jittered frames

@@ -74,9 +74,9 @@ class DetectorTrainer(TrainerValidation):
                                             monotone=bool(scfg.local_topk), calibrated=config.calibration_folds > 0))
         self.calibration = None  # a Calibration to fold into the head before the final validation and export
         params: list = list(self.scorer.parameters())
-        if scfg.stem == "yunet":
+        if scfg.stem in ("yunet", "dlib"):
             if stem_weights is None:
-                raise InputError("the yunet stem starts from YuNet's weights: no YuNet model was given")
+                raise InputError(f"the {scfg.stem} stem starts from released weights: no weights file was given")
             self.scorer.load_stem(stem_weights)
             # Pretrained filters: a smaller learning rate and no weight decay (which would pull them to 0), or
             # frozen (then not in the optimizer at all, and no gradient is computed through them).
@@ -453,7 +453,15 @@ class DetectorTrainer(TrainerValidation):
         self.scorer.eval()
         self.head.eval()
         meta = {"face_scale": cfg.face_scale, "threshold": cfg.threshold, "seed": cfg.seed}
-        calibration = {"calibration": self.calibration.report()} if self.calibration is not None else {}
+        calibration = {}
+        if self.calibration is not None:
+            # The verdict thresholds come from people the fold models never saw, as the calibration does.
+            thresholds, fitted = self.calibration.verdict_thresholds(max_real_flagged=cfg.max_real_flagged)
+            meta.update(threshold=thresholds.fake, real_threshold=thresholds.real)
+            calibration = {"calibration": self.calibration.report(), "thresholds": fitted}
+            self.echo(f"verdict thresholds from {fitted['n_real']} held-out real and {fitted['n_fake']} fake clips: "
+                      f"FAKE at >= {thresholds.fake:.3f} ({fitted['reals_flagged']} real clips reach it), REAL "
+                      f"below {thresholds.real:.3f} ({fitted['fakes_below_real']} fakes below it)")
         info = write_detector(DetectorModels(self.scorer, self.head, meta), cfg.out, extra={
             "data": self.data.summary(), "validation": {k: v for k, v in metrics.items() if k != "clips"},
             **calibration, "train_seconds": round(seconds, 1), "torch": torch.__version__})
@@ -475,17 +483,28 @@ def train(config: TrainConfig, spec: DataSpec, *, resume: bool = False, detector
          f"{s['val_real']['tracks']} validation tracks ({', '.join(data.val_ids) or 'none'}), "
          f"{s['swapped_tracks']} swapped tracks, {s['train_labelled_fake']['tracks']} + "
          f"{s['val_labelled_fake']['tracks']} labelled fake tracks ({time.perf_counter() - started:.0f} s)")
+    stem = _stem_weights(config, model)
     calibration = None
     if config.calibration_folds:
         from swapwatch.engines.deepfake.calibration import cross_fit
 
         # Fold models resume from their own checkpoints, so --resume is implied for them.
-        calibration = cross_fit(config, data, stem_weights=model, echo=echo)
-    trainer = DetectorTrainer(config, data, echo=echo, stem_weights=model)
+        calibration = cross_fit(config, data, stem_weights=stem, echo=echo)
+    trainer = DetectorTrainer(config, data, echo=echo, stem_weights=stem)
     trainer.calibration = calibration
     result = trainer.run(resume=resume, stop_after=stop_after)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _stem_weights(config: TrainConfig, yunet: Path) -> Path | None:
+    """The released weights a pretrained stem starts from: YuNet's (the face detector's own file) or dlib's
+    face-recognition ResNet (the registry's ``dlib-resnet-v1``: PyPI's face_recognition_models, sha256-pinned)."""
+    if config.scorer_stem == "dlib":
+        from swapwatch.engines.runtime import ensure_model
+
+        return next(iter(ensure_model("dlib-resnet-v1").values()))
+    return yunet if config.scorer_stem == "yunet" else None
 
 
 def _yunet_path(spec: DataSpec) -> Path:

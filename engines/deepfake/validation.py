@@ -141,9 +141,16 @@ class TrainerValidation:
         with torch.inference_mode():
             return self.head(torch.from_numpy(feats), torch.from_numpy(masks)).numpy()
 
-    def window_logits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(labels, head logits, kinds) of every full validation window (stride 5)."""
-        return self._head_windows()[:3]
+    def window_logits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(labels, head logits, kinds, clip names "identity:kind-or-origin") of every full validation window
+        (stride 5)."""
+        labels, logits, kinds, clips = self._head_windows()
+        seen: dict[str, int] = {}
+        unique = []  # one identity can have several tracks (a clip and a photo): number the repeats
+        for name in self.val.names:
+            seen[name] = seen.get(name, 0) + 1
+            unique.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+        return labels, logits, kinds, np.asarray(unique, dtype=object)[clips]
 
     def _head_windows(self):
         if self._val_features is None:

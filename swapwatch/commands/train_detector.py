@@ -69,6 +69,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                        help="fit the window logit's calibration on K cross-fitted fold models (each trained "
                             "without one K-th of the identities and scoring it), so the threshold sits where "
                             "new people fall; trains K more models (0: no calibration)")
+    train.add_argument("--max-real-flagged", type=float, default=0.05, metavar="RATE",
+                       help="with --calibrate: set the FAKE threshold so that at most this share of the held-out "
+                            "people's real clips reach it, and a REAL threshold below it (UNCERTAIN between); "
+                            "default 0.05")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument("--window", type=int, default=20, help="frames per temporal window (W)")
@@ -83,11 +87,13 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     train.add_argument("--region-target", choices=("diff", "boundary"), default="diff",
                        help="what the region map learns for a self-blended fake: where it differs from its real "
                             "frame, or the boundary of its blend mask (Face X-ray); other fakes use diff")
-    train.add_argument("--stem", choices=("resnet", "yunet"), default="resnet",
-                       help="the scorer's first layers: our own (trained from scratch) or YuNet's first 11 "
-                            "convolutions started from its real weights (to stride 8; not with --highpass)")
+    train.add_argument("--stem", choices=("resnet", "yunet", "dlib"), default="resnet",
+                       help="the scorer's first layers: our own (trained from scratch), YuNet's first 11 "
+                            "convolutions started from its real weights (to stride 8), or dlib's face-recognition "
+                            "ResNet to its second level (model dlib-resnet-v1; needs --crop-size 150); the "
+                            "pretrained ones read raw pixels (not with --highpass)")
     train.add_argument("--stem-lr-scale", type=float, default=0.1, metavar="F",
-                       help="learning-rate factor of the YuNet stem (0 freezes it)")
+                       help="learning-rate factor of a pretrained stem (0 freezes it)")
     train.add_argument("--local-evidence", type=int, default=0, metavar="K",
                        help="score a frame by the K most altered-looking cells of the region map, predicted from "
                             "the last stage's patches (needs --region-map): a patch shows a seam, not who the "
@@ -120,6 +126,7 @@ def config_from_args(args: argparse.Namespace):
         out=args.out, seed=args.seed, epochs=args.epochs, head_epochs=args.head_epochs,
         pairs_per_epoch=args.pairs_per_epoch, head_windows_per_epoch=args.head_windows, lr=args.lr,
         head_renders=args.head_renders, head=args.head, calibration_folds=args.calibrate,
+        max_real_flagged=args.max_real_flagged,
         window=args.window, scorer_size=args.crop_size, scorer_widths=args.widths,
         scorer_blocks=(1,) * len(args.widths), scorer_highpass=args.highpass,
         scorer_aux_map=args.region_map, scorer_local_topk=args.local_evidence, region_target=args.region_target,
