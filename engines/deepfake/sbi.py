@@ -25,6 +25,7 @@ face: the temporal head then sees the same manipulation throughout a window, as 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -159,8 +160,10 @@ class SelfBlender:
         self.config = config
         self.template = mask_template(config.mask_size)
         self._outline = face_outline(self.template)
-        # A clip reuses one SBIParams for every frame: its crop-space mask is drawn once.
+        # A clip reuses one SBIParams for every frame: its crop-space mask is drawn once. Training renders pairs
+        # on a thread pool with one blender, so the cache is shared between threads: a lock guards it.
         self._masks: dict[SBIParams, np.ndarray] = {}
+        self._masks_lock = threading.Lock()
 
     def __call__(self, image: np.ndarray, landmarks: np.ndarray, rng_or_params: np.random.Generator | SBIParams,
                  *, compress: bool = True) -> SBIResult:
@@ -194,11 +197,14 @@ class SelfBlender:
 
     def mask(self, image_hw: tuple[int, int], landmarks: np.ndarray, params: SBIParams) -> np.ndarray:
         """(H, W) float32 blend weights in [0, 1] for this face, from the params' outline, warp and blurs."""
-        crop_mask = self._masks.get(params)
+        with self._masks_lock:
+            crop_mask = self._masks.get(params)
         if crop_mask is None:
-            if len(self._masks) >= 64:
-                self._masks.pop(next(iter(self._masks)))
-            crop_mask = self._masks[params] = self._crop_mask(params)
+            crop_mask = self._crop_mask(params)  # outside the lock: two threads may draw the same mask, no harm
+            with self._masks_lock:
+                while len(self._masks) >= 64:
+                    self._masks.pop(next(iter(self._masks)))
+                self._masks[params] = crop_mask
         matrix = estimate_alignment(np.asarray(landmarks, np.float64).reshape(5, 2), self.template)
         h, w = int(image_hw[0]), int(image_hw[1])
         out = cv2.warpAffine(crop_mask, matrix, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
