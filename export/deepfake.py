@@ -43,6 +43,12 @@ FORMAT = "swapwatch-deepfake-v1"  # the ``format`` key of a checkpoint, checked 
 # --------------------------------------------------------------------------------------------------
 
 
+# Which way each evidence feature moves on a swap, measured on the training people's tracks (real vs swapped
+# and self-blended, bench/evidence_features.py; never on evaluation data): a generated, pasted face has less
+# fine detail and sensor noise than the skin around it, and a step where the blend mask falls off.
+EVIDENCE_SIGNS = {"hf": -1.0, "noise": -1.0, "seam": 1.0, "seam_chroma": 1.0, "seam_noise": 1.0}
+
+
 @dataclass(frozen=True)
 class ScorerConfig:
     """Frame scorer: crop size, stage widths and basic blocks per stage (the first stage has stride 1 after
@@ -74,10 +80,22 @@ class ScorerConfig:
     # frozen from the released weights (CC0): a network trained to tell about 7 500 people apart on about 3 M
     # faces, whose early layers see skin texture, not who it is. It takes dlib's own 150x150 input.
     stem: str = "resnet"
+    # Identity-independent evidence beside the map's cells (engines/deepfake/evidence.py): each named log-ratio
+    # of the inner face against the frame around it, computed on the same crop in the graph, oriented so that
+    # larger reads "more like a swap" (EVIDENCE_SIGNS) and appended to the features of the monotone classifier.
+    # Needs local evidence (local_topk). ``face_scale``: the crop template's, where the regions are drawn.
+    evidence: tuple[str, ...] = ()
+    face_scale: float = 0.75
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
+        object.__setattr__(self, "evidence", tuple(str(e) for e in self.evidence))
+        unknown = [e for e in self.evidence if e not in EVIDENCE_SIGNS]
+        if unknown:
+            raise ValueError(f"unknown evidence {unknown}; choose from {', '.join(EVIDENCE_SIGNS)}")
+        if self.evidence and not self.local_topk:
+            raise ValueError("evidence features join the local evidence's monotone classifier: it needs local_topk")
         if len(self.widths) != len(self.blocks) or not self.widths:
             raise ValueError("widths and blocks need one entry per stage")
         if self.stem not in ("resnet", "yunet", "dlib"):
@@ -116,7 +134,7 @@ class ScorerConfig:
 
     @property
     def feature_dim(self) -> int:
-        return self.local_topk or self.widths[-1]
+        return (self.local_topk + len(self.evidence)) if self.local_topk else self.widths[-1]
 
 
 @dataclass(frozen=True)
@@ -302,6 +320,13 @@ class FrameScorer(nn.Module):
         self.classifier = (MonotoneLinear if config.local_topk else nn.Linear)(config.feature_dim, 1)
         if config.aux_map:
             self.aux = nn.Conv2d(widths[config.map_stage], 1, 1)
+        if config.evidence:
+            from swapwatch.engines.deepfake import EvidenceConfig, EvidenceFeatures
+
+            self.evidence = EvidenceFeatures(EvidenceConfig(size=config.size, face_scale=config.face_scale,
+                                                            features=config.evidence, stats=False))
+            self.register_buffer("evidence_signs", torch.tensor([EVIDENCE_SIGNS[e] for e in config.evidence]),
+                                 persistent=False)
         for name, m in self.named_modules():
             if isinstance(m, nn.Conv2d) and not name.startswith("stem.trunk."):  # dlib's keeps its own init
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -341,6 +366,8 @@ class FrameScorer(nn.Module):
                 region = self.aux(x)
         if local:
             features = torch.topk(region.flatten(1), local, dim=1).values
+            if self.config.evidence:
+                features = torch.cat([features, self.evidence(crops) * self.evidence_signs], dim=1)
         else:
             features = x.mean(dim=(2, 3))
         return features, self.classifier(self.dropout(features)).squeeze(1), region if with_map else None

@@ -223,6 +223,35 @@ def test_dlib_stem_is_dlibs_network_to_its_second_level(tmp_path):
         ScorerConfig(150, (32,), (1,), highpass=True, stem="dlib")
 
 
+def test_evidence_features_join_the_monotone_classifier(tmp_path):
+    """--evidence appends the identity-independent evidence (engines/deepfake/evidence.py) of the scorer's own
+    crop, oriented by EVIDENCE_SIGNS, to the local evidence's features: the frame's features end with exactly
+    those columns, the graph exports with parity, and a checkpoint keeps the setting."""
+    from swapwatch.engines.deepfake import EvidenceConfig, EvidenceFeatures
+    from swapwatch.export.deepfake import EVIDENCE_SIGNS, load_checkpoint, save_checkpoint
+
+    names = ("hf", "noise", "seam_chroma")
+    config = ScorerConfig(128, (32,), (1,), aux_map=True, local_topk=4, evidence=names)
+    assert config.feature_dim == 4 + len(names)
+    scorer = FrameScorer(config).eval()
+    x = torch.from_numpy((np.random.default_rng(1).random((2, 3, 128, 128)) * 255).astype(np.float32))
+    with torch.no_grad():
+        features, _ = scorer(x)
+        expected = EvidenceFeatures(EvidenceConfig(size=128, features=names, stats=False))(x)
+    signs = torch.tensor([EVIDENCE_SIGNS[n] for n in names])
+    assert torch.allclose(features[:, 4:], expected * signs, atol=1e-6)
+    models = DetectorModels(scorer, TemporalHead(HeadConfig(config.feature_dim, frame_mean=True, monotone=True)))
+    path = export_scorer(scorer, tmp_path / "scorer.onnx")
+    assert check_parity(scorer, path, scorer_parity_inputs(config),
+                        tolerance=DETECTOR_TOLERANCE).worst_rel_error <= 1e-4
+    save_checkpoint(models, tmp_path / "detector.pt")
+    assert load_checkpoint(tmp_path / "detector.pt").scorer.config.evidence == names
+    with pytest.raises(ValueError, match="local_topk"):
+        ScorerConfig(128, (32,), (1,), evidence=("hf",))
+    with pytest.raises(ValueError, match="unknown evidence"):
+        ScorerConfig(128, (32,), (1,), aux_map=True, local_topk=4, evidence=("colour",))
+
+
 def test_region_loss_targets_where_the_fake_differs():
     from swapwatch.engines.deepfake import DetectorTrainer
 

@@ -26,6 +26,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "DataSpec": "datasets", "FAKE": "datasets", "MediaItem": "datasets", "REAL": "datasets",
     "collect_items": "datasets", "dfdc_items": "datasets", "ffpp_items": "datasets", "folder_items": "datasets",
     "split_identities": "datasets",
+    "EvidenceConfig": "evidence", "EvidenceFeatures": "evidence", "evidence_crops": "evidence", "flicker": "evidence",
     "DEFAULT_MODEL_DIR": "detector", "DeepfakeDetector": "detector", "DetectorInfo": "detector",
     "HEAD_FILE": "detector", "INFO_FILE": "detector", "SCORER_FILE": "detector", "WindowConfig": "detector",
     "create_deepfake_detector": "detector", "crop_faces": "detector", "score_video": "detector",

@@ -59,6 +59,8 @@ class TrainConfig:
     # Learning-rate factor of the pretrained YuNet stem (no weight decay on it); 0 freezes it: its filters
     # were learned on far more faces than any training set here, and 17 people can only narrow them.
     stem_lr_scale: float = 0.1
+    # Identity-independent evidence features beside the local evidence (ScorerConfig.evidence), e.g. ("hf", "seam").
+    scorer_evidence: tuple[str, ...] = ()
     # 0: render fresh pairs for every batch. N: render N pairs once and draw every epoch's batches from them
     # (with flips): rendering, not the network, bounds a step on a CPU, so a pool buys many more steps.
     pair_pool: int = 0
@@ -121,7 +123,8 @@ class TrainConfig:
         try:
             return ScorerConfig(self.scorer_size, self.scorer_widths, self.scorer_blocks,
                                 highpass=self.scorer_highpass, aux_map=self.scorer_aux_map > 0,
-                                local_topk=self.scorer_local_topk, stem=self.scorer_stem)
+                                local_topk=self.scorer_local_topk, stem=self.scorer_stem,
+                                evidence=self.scorer_evidence, face_scale=self.face_scale)
         except ValueError as exc:
             raise InputError(f"scorer: {exc}") from None
 

@@ -94,6 +94,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                             "pretrained ones read raw pixels (not with --highpass)")
     train.add_argument("--stem-lr-scale", type=float, default=0.1, metavar="F",
                        help="learning-rate factor of a pretrained stem (0 freezes it)")
+    train.add_argument("--evidence", type=lambda v: tuple(x for x in v.split(",") if x), default=(),
+                       metavar="F1,F2,..",
+                       help="identity-independent evidence features beside the local evidence (needs "
+                            "--local-evidence): the inner face against the frame around it, hf (fine detail), "
+                            "noise, seam, seam_chroma, seam_noise (engines/deepfake/evidence.py)")
     train.add_argument("--local-evidence", type=int, default=0, metavar="K",
                        help="score a frame by the K most altered-looking cells of the region map, predicted from "
                             "the last stage's patches (needs --region-map): a patch shows a seam, not who the "
@@ -130,7 +135,7 @@ def config_from_args(args: argparse.Namespace):
         window=args.window, scorer_size=args.crop_size, scorer_widths=args.widths,
         scorer_blocks=(1,) * len(args.widths), scorer_highpass=args.highpass,
         scorer_aux_map=args.region_map, scorer_local_topk=args.local_evidence, region_target=args.region_target,
-        scorer_stem=args.stem, stem_lr_scale=args.stem_lr_scale,
+        scorer_stem=args.stem, stem_lr_scale=args.stem_lr_scale, scorer_evidence=args.evidence,
         pair_pool=args.pair_pool, rotate_pairs=args.rotate_pairs, vary_mask_top=args.vary_mask_top,
         max_frames=args.max_frames, val_identities=args.val_identities,
         val_fraction=args.val_fraction, swap_fakes=args.swapwatch_fakes, swappers=args.swappers,
