@@ -10,7 +10,7 @@ check, and with a model the `DeepfakeDetector.score_faces` windows + alert polic
 strides (scorer every 2nd frame of a track, head after every 5th score: serve's default) and with the
 strides at 1 (every frame). The cost is 1 - fps(with) / fps(without); the issue allows at most 20%.
 
-Part 2 times the two networks alone per backend: the frame scorer (ms per face, aligned 128 px crops) and
+Part 2 times the two networks alone per backend: the frame scorer (ms per face, aligned crops at the model's size) and
 the temporal head (ms per 20-frame window), at batch 1, 4 and 16, plus the crop alignment per face.
 """
 
@@ -106,7 +106,8 @@ def model_timings(backend: str, model: str | None = None, repeats: int = 30) -> 
     rng = np.random.default_rng(0)
     rows = []
     for batch in (1, 4, 16):
-        crops = rng.integers(0, 256, (batch, 128, 128, 3), dtype=np.uint8)
+        size = detector.info.crop_size  # the model's own crop (128, or 150 for a dlib stem)
+        crops = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
         feats = rng.standard_normal((batch, detector.window, detector.info.feature_dim)).astype(np.float32)
         masks = np.ones((batch, detector.window), np.float32)
         row = {"backend": backend, "batch": batch}

@@ -67,13 +67,22 @@ def faceless_clip(tmp_path_factory) -> Path:
     return path
 
 
+def _verdict(doc: dict) -> str:
+    """The verdict a report's own score and thresholds give."""
+    from swapwatch.engines.deepfake import Thresholds
+
+    return Thresholds(fake=doc["thresholds"]["fake"], real=doc["thresholds"]["real"]).verdict(doc["score"])
+
+
 def check_report(doc: dict, *, frames: int, name: str) -> None:
     """The documented schema, and the numbers consistent with each other."""
-    assert doc["verdict"] in ("REAL", "FAKE", "NO_FACES")
-    assert doc["threshold"] == DEFAULT_INFO["threshold"]  # the model's own threshold, read from detector.json
-    # the default model has one threshold: the REAL one is the same, no UNCERTAIN band
-    assert doc["thresholds"] == {"real": doc["threshold"], "fake": doc["threshold"]}
-    assert doc["model"]["real_threshold"] is None
+    assert doc["verdict"] in ("REAL", "UNCERTAIN", "FAKE", "NO_FACES")
+    assert doc["threshold"] == DEFAULT_INFO["threshold"]  # the model's own thresholds, read from detector.json
+    # the default model carries both (fitted on held-out people): UNCERTAIN between them
+    assert doc["thresholds"] == {"real": DEFAULT_INFO["real_threshold"], "fake": DEFAULT_INFO["threshold"]}
+    assert doc["model"]["real_threshold"] == DEFAULT_INFO["real_threshold"] < doc["threshold"]
+    if doc["score"] is not None:
+        assert doc["verdict"] == _verdict(doc)
     assert VIDEO_KEYS <= set(doc["video"]) and doc["video"]["name"] == name and doc["video"]["frames"] == frames
     model = doc["model"]
     assert model["default"] is True and model["demonstration"] is True
@@ -112,7 +121,7 @@ def test_detect_json_and_plot_on_a_real_clip(grid_clip, tmp_path):
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)  # stdout holds the JSON object and nothing else
     check_report(doc, frames=FRAMES, name=grid_clip.name)
-    assert doc["verdict"] in ("REAL", "FAKE")  # one speaker, always in view
+    assert doc["verdict"] in ("REAL", "UNCERTAIN", "FAKE")  # one speaker, always in view
     assert len(doc["tracks"]) == 1 and doc["tracks"][0]["frames"] == FRAMES
     assert len(doc["windows"]) == FRAMES  # a window per frame by default
     # the demonstration warning, from the model card, on stderr (stdout stays pure JSON)
@@ -373,8 +382,9 @@ def test_a_swapwatch_swap_is_verified_fake_whatever_the_model_says(swapped_clip)
     args = ("detect", str(swapped_clip), "--json", "--max-frames", "30", "--threshold", "1.0")
     checked = json.loads(run_cli(*args).stdout)
     model_only = json.loads(run_cli(*args, "--no-watermark-check").stdout)
-    # At threshold 1.0 the model's own verdict is REAL unless its score is exactly 1; the watermark decides.
-    assert model_only["verdict"] == ("FAKE" if model_only["score"] >= 1.0 else "REAL")
+    # At a FAKE threshold of 1.0 the model's own verdict is not FAKE unless its score is exactly 1; the
+    # watermark decides.
+    assert model_only["verdict"] == _verdict(model_only) and model_only["thresholds"]["fake"] == 1.0
     assert model_only["verified"] is False and model_only["watermark"] is None
     assert model_only["settings"]["watermark_check"] is False
     assert checked["verdict"] == "FAKE" and checked["verified"] is True
@@ -388,7 +398,7 @@ def test_a_real_clip_is_not_verified(grid_clip, capsys):
     result = run_cli("detect", str(grid_clip), "--json", "--max-frames", "30")
     doc = json.loads(result.stdout)
     assert doc["verified"] is False and doc["watermark"]["found"] == 0 and doc["watermark"]["checked"] == 30
-    assert doc["verdict"] == ("FAKE" if doc["score"] >= doc["threshold"] else "REAL")
+    assert doc["verdict"] == _verdict(doc)
 
 
 def test_verified_in_the_human_output(swapped_clip, capsys):
