@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -612,3 +613,20 @@ class StubServer:
             await session["pc"].close()
         self.sessions.clear()
         await self._runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def failure_report(page: Page, out_dir: Path, *, server: Any = None, state_js: str | None = None):
+    """On any failure inside the block: print what the page saw (``state_js``, evaluated), its console, a
+    screenshot (``out_dir/failure.png``) and the server's log tail; then let the failure through."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if state_js is not None:
+                print("page state:", json.dumps(await page.evaluate(state_js), indent=1))
+            print("console:", json.dumps(page.console, indent=1))
+            print("failure screenshot:", await page.screenshot(out_dir / "failure.png"))
+            if server is not None:
+                print("server log:", server.log_tail())
+        raise

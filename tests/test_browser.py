@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_util import Chromium, ServerProcess, StubServer, find_chromium, make_y4m
+from browser_util import Chromium, ServerProcess, StubServer, failure_report, find_chromium, make_y4m
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium at /usr/bin/chromium (apt-get install chromium) "
@@ -77,15 +77,9 @@ async def open_page(url: str, camera: Path, out_dir: Path):
     async with Chromium(CHROMIUM, y4m=camera, log_path=out_dir / "chromium.log") as browser:
         page = await browser.new_page()
         await page.goto(url)
-        try:
+        async with failure_report(page, out_dir,
+                                  state_js=f"({{state: {SW}.state, ws: {SW}.wsState, events: {SW}.events}})"):
             yield page
-        except BaseException:
-            with contextlib.suppress(Exception):
-                seen = await page.evaluate(f"({{state: {SW}.state, ws: {SW}.wsState, events: {SW}.events}})")
-                print("page state and event log:", json.dumps(seen, indent=1))
-                print("console:", json.dumps(page.console, indent=1))
-                print("failure screenshot:", await page.screenshot(out_dir / "failure.png"))
-            raise
 
 
 # ------------------------------------------------------------------------------------------ acceptance

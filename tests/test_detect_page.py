@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser_util import Chromium, ServerProcess, find_chromium
+from browser_util import Chromium, ServerProcess, failure_report, find_chromium
 from cli_util import swapwatch_cmd
 
 CHROMIUM = find_chromium()
@@ -66,7 +66,7 @@ def test_detect_page_in_chromium(clips, tmp_path):
         async def scenario():
             async with Chromium(CHROMIUM, log_path=tmp_path / "chromium.log") as browser:
                 page = await browser.new_page()
-                try:
+                async with failure_report(page, tmp_path, server=server):
                     # the live page links here, keeping the token
                     await page.goto(server.url + f"?token={token}")
                     href = await page.evaluate("document.getElementById('nav-detect').href")
@@ -150,11 +150,6 @@ def test_detect_page_in_chromium(clips, tmp_path):
                     assert "could not use this file" in msg and err["reason"] in msg
 
                     assert js_errors(page) == [], page.console
-                except BaseException:
-                    print("console:", json.dumps(page.console, indent=1))
-                    print("failure screenshot:", await page.screenshot(tmp_path / "failure.png"))
-                    print("server log:", server.log_tail())
-                    raise
 
         asyncio.run(asyncio.wait_for(scenario(), 240))
 
@@ -186,7 +181,7 @@ def test_uncertain_verdict_on_the_detect_page(clips, detector, tmp_path):
         async def scenario():
             async with Chromium(CHROMIUM, log_path=tmp_path / "chromium.log") as browser:
                 page = await browser.new_page()
-                try:
+                async with failure_report(page, tmp_path, server=server):
                     await page.goto(server.url + "detect")
                     await page.wait_for(f"{DT}.health", timeout=10)
                     await page.set_input_files("#file", [clip])
@@ -214,10 +209,5 @@ def test_uncertain_verdict_on_the_detect_page(clips, detector, tmp_path):
                     assert cells[2] == ["UNCERTAIN", "UNCERTAIN", amber] and cells[1][1:] == ["UNCERTAIN", amber]
                     print("\nuncertain screenshot:", await page.screenshot(shot))
                     assert js_errors(page) == [], page.console
-                except BaseException:
-                    print("console:", json.dumps(page.console, indent=1))
-                    print("failure screenshot:", await page.screenshot(tmp_path / "failure.png"))
-                    print("server log:", server.log_tail())
-                    raise
 
         asyncio.run(asyncio.wait_for(scenario(), 180))
