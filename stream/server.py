@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import re
 import secrets
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from importlib import resources
@@ -44,7 +46,8 @@ from swapwatch.engines.runtime import decode_image
 from swapwatch.engines.swap import Swapper, judge_source
 from swapwatch.errors import InputError, InputTooLarge, ModelError
 from swapwatch.stream.channel import SessionChannel
-from swapwatch.stream.metrics import PROMETHEUS_CONTENT_TYPE, ServerStats, SessionStats, render_prometheus
+from swapwatch.stream.metrics import (PROMETHEUS_CONTENT_TYPE, PrometheusText, ServerStats, SessionStats,
+                                      render_prometheus)
 from swapwatch.stream.offer import OfferError, OfferRequest, SessionSettings
 from swapwatch.stream.processing import FrameProcessor, default_monitor_factory
 from swapwatch.stream.recorder import Recorder
@@ -53,7 +56,7 @@ from swapwatch.stream.session import Session
 from swapwatch.stream.sources import SourceFace, SourceStore
 from swapwatch.stream.worker import InferenceWorker
 
-__all__ = ["SwapwatchServer", "SourceFace", "SourceStore"]
+__all__ = ["PendingOffers", "SwapwatchServer", "SourceFace", "SourceStore"]
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +81,11 @@ class SwapwatchServer:
         self.access = AccessPolicy(sc.token, sc.allowed_origins)
         self.worker = InferenceWorker(self.stats, batch_window=sc.batch_window, max_batch_faces=sc.max_batch_faces,
                                       queue_size=max(16, 4 * sc.max_sessions), device_path=sc.device_path)
-        self.sessions: dict[str, Session] = {}
-        self._negotiating = 0  # offers accepted for capacity but not registered yet
+        self.sessions: dict[str, Session] = {}  # every live session, pending or connected
+        # Issue 17: a slot counts only connected sessions; offers still connecting have a budget of their own.
+        self.pending = PendingOffers(per_client=sc.max_pending_per_client, total=sc.pending_limit)
+        self._pending_client: dict[str, str] = {}  # pending session id -> client address
+        self._connected: set[str] = set()  # session ids holding a slot
         self.started = time.time()
         self._detecting = 0  # offline analyses running (POST /detect)
         self._offline: tuple | None = None  # (deepfake detector, face detector, model) for /detect, made lazily
@@ -150,6 +156,7 @@ class SwapwatchServer:
             "swapper": self.swapper.name if self.swapper is not None else None,
             "swapper_learned": bool(self.swapper is not None and self.swapper.learned),
             "sessions": len(self.sessions), "max_sessions": sc.max_sessions,
+            "connected": len(self._connected), "pending": self.pending.total_pending,
             "uptime_s": round(time.time() - self.started, 1), "sources": len(self.sources),
             "ice_servers": list(sc.ice_servers), "auth": sc.token is not None,
             "max_detect_bytes": sc.max_detect_bytes,
@@ -160,6 +167,12 @@ class SwapwatchServer:
     async def metrics(self, request: web.Request) -> web.Response:
         text = render_prometheus(self.stats, sessions=len(self.sessions), max_sessions=self.config.server.max_sessions,
                                  queue_depth=self.worker.queue_depth, uptime=time.time() - self.started)
+        extra = PrometheusText()  # the admission gauges, after the shared families
+        extra.gauge("swapwatch_sessions_pending", "Sessions whose peer connection has not connected yet.",
+                    self.pending.total_pending)
+        extra.gauge("swapwatch_sessions_connected", "Sessions holding a slot (peer connection connected).",
+                    len(self._connected))
+        text += extra.render()
         return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
     async def upload_source(self, request: web.Request) -> web.Response:
@@ -352,19 +365,22 @@ class SwapwatchServer:
         if offer.record and sc.record_dir is None:
             self.stats.reject("bad_offer")
             return _error(400, "recording is not enabled on this server (start it with --record-dir)")
-        if len(self.sessions) + self._negotiating >= sc.max_sessions:
-            self.stats.reject("full")
-            return web.json_response({"error": f"server full ({sc.max_sessions} sessions); try again later"},
-                                     status=503, headers={"Retry-After": "5"})
-        self._negotiating += 1
+        client = request.remote or "unknown"
+        refused = self._admission(client)
+        if refused is not None:
+            return refused
+        self.pending.take(client)  # before the first await: concurrent offers see it
         try:
             session = await self._create_session(settings, source, record=offer.record)
-            self.sessions[session.id] = session
         except OfferError as exc:
+            self.pending.release(client)
             self.stats.reject("bad_offer")
             return _error(400, str(exc))
-        finally:
-            self._negotiating -= 1
+        except BaseException:
+            self.pending.release(client)
+            raise
+        self.sessions[session.id] = session
+        self._pending_client[session.id] = client
         try:
             answer = await session.accept(offer.sdp)
         except Exception as exc:  # the offer passed validation but aiortc cannot negotiate it
@@ -372,10 +388,55 @@ class SwapwatchServer:
             await session.close("negotiation failed")
             self.stats.reject("bad_offer")
             return _error(400, f"cannot negotiate this offer: {exc}")
+        except BaseException:  # cancelled (the client went away): no session outlives an offer left unanswered
+            asyncio.ensure_future(session.close("negotiation cancelled"))
+            raise
         self.stats.sessions_created += 1
-        log.info("session %s…: %s, faces %s%s (%d live)", session.id[:6], settings.mode, settings.faces,
-                 ", recording" if session.recorder else "", len(self.sessions))
+        log.info("session %s…: %s, faces %s%s (%d live, %d pending)", session.id[:6], settings.mode, settings.faces,
+                 ", recording" if session.recorder else "", len(self.sessions), self.pending.total_pending)
         return web.json_response({"sdp": answer.sdp, "type": answer.type, "session": session.id})
+
+    def _admission(self, client: str) -> web.Response | None:
+        """The 503 for an offer over a budget (logged, counted), or None: checked before anything is built. The
+        client's pending budget, then everyone's, then the slots: connected sessions plus this client's pending
+        offers (another client's half-open offers never hold a slot)."""
+        sc = self.config.server
+        mine = self.pending.of(client)
+        reason = self.pending.refusal(client)
+        if reason is None and len(self._connected) + mine >= sc.max_sessions:
+            reason = "full"
+        if reason is None:
+            return None
+        message = {
+            "pending_client": f"too many offers still connecting from your address ({mine}, at most "
+                              f"{self.pending.per_client}); try again when they have connected or expired",
+            "pending": f"too many offers still connecting ({self.pending.total_pending}); try again shortly",
+            "full": f"server full ({sc.max_sessions} sessions); try again later",
+        }[reason]
+        # Pending offers expire within pending_timeout; a full server frees a slot when a session ends.
+        retry_after = "5" if reason == "full" else str(math.ceil(sc.pending_timeout))
+        self.stats.reject(reason)
+        log.warning("offer from %s refused (%s): %d connected, %d pending (%d from this client)", client, reason,
+                    len(self._connected), self.pending.total_pending, mine)
+        return web.json_response({"error": message, "reason": reason}, status=503,
+                                 headers={"Retry-After": retry_after})
+
+    def _on_connected(self, session: Session) -> bool:
+        """A pending session's peer connection connected: it leaves the pending budget and takes a slot if one
+        is free (False: every slot is taken, the session closes with "server full")."""
+        self._leave_pending(session)
+        if len(self._connected) >= self.config.server.max_sessions:
+            self.stats.reject("full")
+            log.warning("session %s… connected but the server is full (%d sessions): closing it", session.id[:6],
+                        len(self._connected))
+            return False
+        self._connected.add(session.id)
+        return True
+
+    def _leave_pending(self, session: Session) -> None:
+        client = self._pending_client.pop(session.id, None)
+        if client is not None:
+            self.pending.release(client)
 
     async def _create_session(self, settings: SessionSettings, source: SourceFace | None, *,
                               record: bool) -> Session:
@@ -390,7 +451,8 @@ class SwapwatchServer:
             recorder = Recorder(Path(self.config.server.record_dir) / name)
         return Session(session_id, settings, source, processor=processor, worker=self.worker,
                        config=self.config.server, stats=SessionStats(self.stats),
-                       rtc_config=self.rtc_configuration(), recorder=recorder, on_closed=self._closed)
+                       rtc_config=self.rtc_configuration(), recorder=recorder, on_closed=self._closed,
+                       on_connected=self._on_connected)
 
     def _new_monitor(self) -> Any | None:
         if self.deepfake is None:
@@ -404,6 +466,8 @@ class SwapwatchServer:
                               monitor_factory=self.monitor_factory)
 
     def _closed(self, session: Session) -> None:
+        self._leave_pending(session)
+        self._connected.discard(session.id)
         if self.sessions.pop(session.id, None) is not None:
             self.stats.closed((session.close_reason or "closed").split(":")[0])
 
@@ -422,6 +486,40 @@ class SwapwatchServer:
         await ws.prepare(request)
         await SessionChannel(session, ws, config=self.config.server, sources=self.sources).run()
         return ws
+
+
+class PendingOffers:
+    """The budget of offers whose peer connection has not connected yet: at most ``per_client`` per client
+    address and ``total`` in all. The server checks :meth:`refusal` (or the counts) before it builds anything,
+    :meth:`take` s one per accepted offer and :meth:`release` s it when the session connects or closes."""
+
+    def __init__(self, *, per_client: int, total: int) -> None:
+        self.per_client = per_client
+        self.total = total
+        self._by_client: Counter[str] = Counter()
+
+    @property
+    def total_pending(self) -> int:
+        return sum(self._by_client.values())
+
+    def of(self, client: str) -> int:
+        return self._by_client[client]
+
+    def refusal(self, client: str) -> str | None:
+        """Why one more offer from ``client`` is over budget ("pending_client", "pending"), or None."""
+        if self._by_client[client] >= self.per_client:
+            return "pending_client"
+        if self.total_pending >= self.total:
+            return "pending"
+        return None
+
+    def take(self, client: str) -> None:
+        self._by_client[client] += 1
+
+    def release(self, client: str) -> None:
+        self._by_client[client] -= 1
+        if self._by_client[client] <= 0:  # no empty entries: the map holds only clients with offers connecting
+            del self._by_client[client]
 
 
 def _error(status: int, reason: str) -> web.Response:

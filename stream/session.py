@@ -13,6 +13,10 @@ A session is self-contained: it holds its peer connection, its processor (per-se
 pipeline, monitor) and a handle on the inference worker, so that it could live in any process. It ends
 when the client deletes it, when the peer connection fails or closes, when its video ends, or when no
 frame has arrived for ``idle_timeout`` seconds; the websocket closing ends it only when configured.
+
+Until its peer connection reaches "connected" a session is *pending*: it must connect within
+``pending_timeout`` seconds (else it closes with "ice-timeout"), and when it connects ``on_connected`` decides
+whether it gets a session slot (else it closes with "server full").
 """
 
 from __future__ import annotations
@@ -43,7 +47,10 @@ class Session:
     def __init__(self, session_id: str, settings: SessionSettings, source: SourceFace | None, *,
                  processor: FrameProcessor, worker: InferenceWorker, config: ServerConfig, stats: SessionStats,
                  rtc_config: RTCConfiguration, recorder: Recorder | None = None,
-                 on_closed: Callable[[Session], None] | None = None) -> None:
+                 on_closed: Callable[[Session], None] | None = None,
+                 on_connected: Callable[[Session], bool] | None = None) -> None:
+        """``on_connected(session)``: called once when the peer connection connects; False closes the session
+        ("server full"). ``on_closed(session)``: called once when it has closed."""
         self.id = session_id
         self.settings = settings
         self.source = source
@@ -55,6 +62,8 @@ class Session:
         self._processor: FrameProcessor | None = processor
         self._worker = worker
         self._on_closed = on_closed
+        self._on_connected = on_connected
+        self.connected = False  # the peer connection reached "connected" (ICE and DTLS)
         self._loop = asyncio.get_running_loop()
         self._started = self._loop.time()
         self.last_frame_at = self._started
@@ -103,6 +112,10 @@ class Session:
         state = self.pc.connectionState
         if state in ("failed", "closed"):
             self._spawn(self.close(f"connection {state}"))
+        elif state == "connected" and not self.connected and not self._closing:
+            self.connected = True
+            if self._on_connected is not None and not self._on_connected(self):
+                self._spawn(self.close("server full"))
 
     # ---- the frame loop -------------------------------------------------------------------------------
 
@@ -162,10 +175,16 @@ class Session:
             self._offer(pending)
 
     async def _watch(self) -> None:
-        """Idle timeout: no decoded frame for idle_timeout s (the first within connect_timeout)."""
-        step = min(0.5, self.config.idle_timeout / 4)
+        """Pending deadline: not connected within pending_timeout s. Idle timeout: no decoded frame for
+        idle_timeout s (the first within connect_timeout)."""
+        step = min(0.5, self.config.idle_timeout / 4, self.config.pending_timeout / 4)
         while not self._closing:
             await asyncio.sleep(step)
+            if not self.connected:
+                if self._loop.time() - self._started > self.config.pending_timeout:
+                    self._spawn(self.close("ice-timeout"))
+                    return
+                continue
             limit = self.config.idle_timeout if self._frames_seen else self.config.connect_timeout
             if self._loop.time() - self.last_frame_at > limit:
                 self._spawn(self.close("idle"))

@@ -53,6 +53,18 @@ class ServerConfig:
     # Session liveness: no decoded frame for idle_timeout s closes it (the first within connect_timeout).
     idle_timeout: float = 5.0
     connect_timeout: float = 15.0
+    # Half-open offers (issue 17): a session slot (max_sessions) counts only sessions whose peer connection
+    # reached "connected". Until then an offer is *pending*, with a budget of its own, checked before any
+    # peer connection is built (over it: 503 + Retry-After): at most max_pending_per_client per client address
+    # (the request's remote address; behind a reverse proxy every client shares the proxy's) and max_pending in
+    # all (None: 2 x max_sessions). A client's own pending offers also count against max_sessions, so one
+    # client never negotiates more sessions than the server can hold. A pending session that has not connected
+    # within pending_timeout s is closed ("ice-timeout"), freeing its budget; one that connects while every slot
+    # is taken is closed ("server full"). 4 per client lets one client open max_sessions (4) at once (the page
+    # opens one, the stream bench and `join` tests several from one loopback address).
+    max_pending_per_client: int = 4
+    max_pending: int | None = None
+    pending_timeout: float = 5.0
     close_on_websocket_close: bool = False  # by default the media, not the websocket, keeps a session
     # Frame loop: an input frame not processed within frame_deadline s is answered by repeating the last
     # processed frame; at most out_queue frames wait for the sender (older ones are dropped). While the
@@ -87,8 +99,10 @@ class ServerConfig:
             raise ValueError("max_detect_bytes, max_detect_jobs and detect_max_frames must be at least 1")
         if self.max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
-        for name in ("idle_timeout", "connect_timeout", "frame_deadline", "metrics_interval", "heartbeat_interval",
-                     "upload_read_timeout"):
+        if self.max_pending_per_client < 1 or (self.max_pending is not None and self.max_pending < 1):
+            raise ValueError("max_pending_per_client and max_pending must be at least 1")
+        for name in ("idle_timeout", "connect_timeout", "pending_timeout", "frame_deadline", "metrics_interval",
+                     "heartbeat_interval", "upload_read_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.out_queue < 1 or self.max_batch_faces < 1 or self.batch_window < 0:
@@ -97,6 +111,11 @@ class ServerConfig:
             raise ValueError(f"device_path must be auto, on or off, got {self.device_path!r}")
         if self.token is not None and not self.token:
             raise ValueError("token must not be empty (leave it unset for no auth)")
+
+    @property
+    def pending_limit(self) -> int:
+        """Offers negotiating at once, all clients together (max_pending, or 2 x max_sessions)."""
+        return self.max_pending if self.max_pending is not None else 2 * self.max_sessions
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--port", type=int, default=ServerConfig.port, help=f"port (default: {ServerConfig.port})")
     p.add_argument("--max-sessions", type=int, default=ServerConfig.max_sessions,
                    help=f"concurrent sessions; more get 503 (default: {ServerConfig.max_sessions})")
+    p.add_argument("--max-pending-per-client", type=int, default=ServerConfig.max_pending_per_client, metavar="N",
+                   help="offers still connecting (ICE) from one client address; more get 503 + Retry-After "
+                        f"(default: {ServerConfig.max_pending_per_client}; a connected session no longer counts)")
+    p.add_argument("--pending-timeout", type=float, default=ServerConfig.pending_timeout, metavar="S",
+                   help="an offer whose peer has not connected within S seconds is closed (default: "
+                        f"{ServerConfig.pending_timeout:g})")
     p.add_argument("--token", default=None,
                    help="require 'Authorization: Bearer TOKEN' (the websocket also takes ?token=TOKEN)")
     p.add_argument("--allowed-origin", dest="allowed_origins", action="append", default=[], metavar="ORIGIN",
@@ -66,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         server_config = ServerConfig(
             host=args.host, port=args.port, max_sessions=args.max_sessions, token=args.token,
+            max_pending_per_client=args.max_pending_per_client, pending_timeout=args.pending_timeout,
             allowed_origins=tuple(args.allowed_origins), ice_servers=tuple(args.ice_servers),
             ice_username=args.ice_username, ice_credential=args.ice_credential, model=args.model,
             record_dir=args.record_dir, idle_timeout=args.idle_timeout, device_path=args.device_path)

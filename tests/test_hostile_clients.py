@@ -1,0 +1,148 @@
+"""Hostile clients (issue 17, item 3): half-open offers from one address must not lock other clients out.
+
+A session slot counts only sessions whose peer connection connected; offers still connecting have a budget of
+their own (per client address and in all) and a short ICE deadline. Real aiortc offers on loopback: the
+hostile client posts them from 127.0.0.1 and never lets ICE complete, the honest one comes from 127.0.0.2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestServer
+from aiortc import RTCConfiguration, RTCPeerConnection, VideoStreamTrack
+from test_webrtc import decode_clip, wait_for
+
+from swapwatch.config import Config, ServerConfig
+from swapwatch.engines.swap import ClassicSwapper
+from swapwatch.stream.probe import Probe
+from swapwatch.stream.server import PendingOffers, SwapwatchServer
+
+HOSTILE, HONEST = "127.0.0.1", "127.0.0.2"  # both loopback: Linux routes all of 127.0.0.0/8 to lo
+
+
+@pytest.fixture(scope="module")
+def small_clip(clips) -> list[np.ndarray]:
+    clip = decode_clip(next(c for c in clips if c.name.startswith("grid_")), limit=10)
+    return [cv2.resize(f, (192, 144), interpolation=cv2.INTER_AREA) for f in clip]
+
+
+async def half_open_offer() -> str:
+    """A genuine aiortc offer whose peer is closed at once: the server's ICE checks never get an answer."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTrack(VideoStreamTrack())
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+# ---- the budget, unit level --------------------------------------------------------------------------------
+
+def test_pending_budget_per_client_and_in_all():
+    budget = PendingOffers(per_client=2, total=3)
+    assert budget.refusal("a") is None
+    budget.take("a")
+    budget.take("a")
+    assert budget.refusal("a") == "pending_client" and budget.refusal("b") is None
+    budget.take("b")
+    assert budget.total_pending == 3 and budget.refusal("c") == "pending"
+    budget.release("a")
+    assert budget.of("a") == 1 and budget.refusal("a") is None and budget.refusal("c") is None
+    for client in ("a", "b"):
+        budget.release(client)
+    assert budget.total_pending == 0 and budget.of("a") == 0 and not budget._by_client
+
+
+def test_pending_budget_configuration():
+    assert ServerConfig().pending_limit == 2 * ServerConfig().max_sessions
+    assert ServerConfig(max_sessions=3, max_pending=5).pending_limit == 5
+    assert ServerConfig().pending_timeout < ServerConfig().connect_timeout
+    for bad in ({"max_pending_per_client": 0}, {"max_pending": 0}, {"pending_timeout": 0}):
+        with pytest.raises(ValueError):
+            ServerConfig(**bad)
+
+
+def test_a_session_connecting_to_a_full_server_is_refused_its_slot():
+    """Slots are taken when a peer connects: the one that connects while every slot is taken gets none."""
+    async def main():
+        server = SwapwatchServer(Config(server=ServerConfig(max_sessions=1)), detector=None, swapper=ClassicSwapper())
+        first, second = SimpleNamespace(id="first-session"), SimpleNamespace(id="second-session")
+        for session in (first, second):
+            server.pending.take("10.0.0.1")
+            server._pending_client[session.id] = "10.0.0.1"
+        assert server._on_connected(first) is True
+        assert server._on_connected(second) is False  # the session closes itself ("server full")
+        assert server.pending.total_pending == 0 and server._connected == {"first-session"}
+        server._closed(first)
+        assert not server._connected
+
+    asyncio.run(main())
+
+
+# ---- on loopback -------------------------------------------------------------------------------------------
+
+def test_half_open_offers_do_not_lock_out_another_client(detector, small_clip):
+    pending_timeout = 5.0  # the default; long enough that none expires during the barrage on a loaded machine
+
+    async def main():
+        config = Config(server=ServerConfig(pending_timeout=pending_timeout))  # 4 slots, 4 pending per client
+        server = SwapwatchServer(config, detector, ClassicSwapper())
+        async with TestServer(server.app(), host=HOSTILE) as ts:
+            base = str(ts.make_url("/"))
+            hostile = aiohttp.ClientSession(base_url=base, connector=aiohttp.TCPConnector(local_addr=(HOSTILE, 0)))
+            honest = aiohttp.ClientSession(base_url=base, connector=aiohttp.TCPConnector(local_addr=(HONEST, 0)))
+            async with hostile, honest:
+                offers = await asyncio.gather(*(half_open_offer() for _ in range(20)))
+                started = time.monotonic()
+                statuses, refusals = [], []
+                for sdp in offers:  # 20 half-open offers, as fast as the server answers
+                    async with hostile.post("/offer", json={"sdp": sdp, "type": "offer", "mode": "monitor"}) as r:
+                        statuses.append(r.status)
+                        if r.status == 503:
+                            refusals.append((r.headers.get("Retry-After"), await r.json()))
+                barrage_s = time.monotonic() - started
+                assert barrage_s < pending_timeout, barrage_s  # none expired during the barrage
+                assert statuses.count(200) == 4 and statuses.count(503) == 16, statuses
+                assert statuses[:4] == [200] * 4  # the budget fills, then everything is refused
+                for retry_after, body in refusals:
+                    assert retry_after == "5" and body["reason"] == "pending_client"
+                    assert "connecting from your address" in body["error"]
+                assert server.pending.of(HOSTILE) == 4 and not server._connected
+
+                # Another client gets a session and frames flow, while the half-open offers are still pending.
+                probe = Probe(honest, small_clip * 6, mode="monitor")
+                await probe.start()
+                assert server.pending.of(HOSTILE) == 4
+                report = await probe.run(tail=0.5)
+                assert probe.session in server._connected
+                assert report.received >= 10, report
+                async with honest.get("/health") as r:
+                    health = await r.json()
+                assert health["connected"] == 1
+                await probe.close()
+
+                # After the deadline the half-open sessions are gone and the client's budget is free again.
+                await wait_for(lambda: server.pending.total_pending == 0, pending_timeout + 3.0)
+                await wait_for(lambda: not server.sessions, 5.0)
+                expired = time.monotonic() - started
+                async with hostile.post("/offer", json={"sdp": offers[0], "type": "offer", "mode": "monitor"}) as r:
+                    assert r.status == 200, await r.text()
+                async with hostile.get("/metrics") as r:
+                    metrics = await r.text()
+                for session in list(server.sessions.values()):
+                    await session.close("test over")
+                return expired, dict(server.stats.sessions_closed), dict(server.stats.sessions_rejected), metrics
+
+    expired, closed, rejected, metrics = asyncio.run(main())
+    print(f"\nhalf-open offers expired after {expired:.1f} s; closed {closed}; rejected {rejected}")
+    assert closed.get("ice-timeout") == 4 and expired < pending_timeout + 3.0
+    assert rejected == {"pending_client": 16}
+    assert 'swapwatch_sessions_rejected_total{reason="pending_client"} 16' in metrics
+    assert "swapwatch_sessions_pending 1" in metrics  # the last offer, still connecting
