@@ -555,6 +555,13 @@ class _Builder:
             raise self.fail(op, f"input {t.name!r} is {t.dtype}; only float32 activations are supported")
         return t.shape
 
+    def nhwc_activation(self, op: OperatorDesc, index: int) -> tuple[int, int, int, int]:
+        """:meth:`activation`, which must be a 4-D NHWC image (the input of a convolution or a pool)."""
+        shape = self.activation(op, index)
+        if len(shape) != 4:
+            raise self.fail(op, f"input shape {list(shape)} is not NHWC")
+        return shape  # type: ignore[return-value]
+
     def build(self) -> tuple[list[nn.Module], list[Layer]]:
         m = self.model
         if len(m.inputs) != 1:
@@ -602,10 +609,7 @@ class _Builder:
 
 def _conv(b: _Builder, op: OperatorDesc) -> tuple[nn.Module, list[int]]:
     x = op.inputs[0]
-    shape = b.activation(op, x)
-    if len(shape) != 4:
-        raise b.fail(op, f"input shape {list(shape)} is not NHWC")
-    n, h, w, c = shape
+    n, h, w, c = b.nhwc_activation(op, x)
     weight = b.constant(op, op.inputs[1], "weight")
     depthwise = op.op == "DEPTHWISE_CONV_2D"
     if weight.ndim != 4:
@@ -639,10 +643,7 @@ def _conv(b: _Builder, op: OperatorDesc) -> tuple[nn.Module, list[int]]:
 
 def _max_pool(b: _Builder, op: OperatorDesc) -> tuple[nn.Module, list[int]]:
     x = op.inputs[0]
-    shape = b.activation(op, x)
-    if len(shape) != 4:
-        raise b.fail(op, f"input shape {list(shape)} is not NHWC")
-    n, h, w, c = shape
+    n, h, w, c = b.nhwc_activation(op, x)
     o = op.options
     if min(o["stride_h"], o["stride_w"], o["filter_h"], o["filter_w"]) < 1 or o["padding"] not in ("SAME", "VALID"):
         raise b.fail(op, f"bad pooling options {o}")

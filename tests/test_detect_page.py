@@ -29,6 +29,14 @@ def js_errors(page) -> list[dict]:
     return [m for m in page.console if m["level"] == "error" and m["source"] in ("console", "exception", "javascript")]
 
 
+async def analyse(page, video: Path, until: str, *, timeout: float) -> None:
+    """Choose ``video`` in the upload form, press Analyse and wait until the page's JS condition ``until`` holds."""
+    await page.set_input_files("#file", [video])
+    await page.wait_for("!document.getElementById('analyse').disabled", timeout=5)
+    await page.click("#analyse")
+    await page.wait_for(until, timeout=timeout)
+
+
 def make_faceless(path: Path) -> Path:
     import av
 
@@ -81,10 +89,7 @@ def test_detect_page_in_chromium(clips, tmp_path):
                     assert await page.evaluate(f"{DT}.maxBytes") == health["max_detect_bytes"]
 
                     # 1. a real clip: verdict, score, warning, table, plot
-                    await page.set_input_files("#file", [clip])
-                    await page.wait_for("!document.getElementById('analyse').disabled", timeout=5)
-                    await page.click("#analyse")
-                    await page.wait_for(f"['done', 'error'].includes({DT}.state)", timeout=90)
+                    await analyse(page, clip, f"['done', 'error'].includes({DT}.state)", timeout=90)
                     assert await page.evaluate(f"{DT}.state") == "done", await page.evaluate(f"{DT}.error")
                     report = await page.evaluate(f"{DT}.report")
                     assert report["verdict"] in ("REAL", "FAKE") and 0 <= report["score"] <= 1
@@ -110,11 +115,8 @@ def test_detect_page_in_chromium(clips, tmp_path):
                           "\nscreenshot:", await page.screenshot(shot))
 
                     # 1b. swapwatch's own swap: FAKE, VERIFIED by its watermark, whatever the model's score
-                    await page.set_input_files("#file", [swapped])
-                    await page.wait_for("!document.getElementById('analyse').disabled", timeout=5)
-                    await page.click("#analyse")
-                    await page.wait_for(f"{DT}.state === 'done' && {DT}.report.video.name === 'swapped.mp4'",
-                                        timeout=90)
+                    await analyse(page, swapped, f"{DT}.state === 'done' && {DT}.report.video.name === 'swapped.mp4'",
+                                  timeout=90)
                     assert await page.evaluate(f"{DT}.report.verified") is True
                     assert await page.evaluate("document.getElementById('verdict').textContent") == "FAKE"
                     assert not await page.evaluate("document.getElementById('verified').hidden")
@@ -122,10 +124,8 @@ def test_detect_page_in_chromium(clips, tmp_path):
                     assert "watermark" in line and "FAKE whatever" in line
 
                     # 2. a video without faces: NO FACES, no score
-                    await page.set_input_files("#file", [faceless])
-                    await page.wait_for("!document.getElementById('analyse').disabled", timeout=5)
-                    await page.click("#analyse")
-                    await page.wait_for(f"{DT}.state === 'done' && {DT}.report.video.name === 'blank.mp4'", timeout=60)
+                    await analyse(page, faceless, f"{DT}.state === 'done' && {DT}.report.video.name === 'blank.mp4'",
+                                  timeout=60)
                     assert await page.evaluate("document.getElementById('verdict').textContent") == "NO FACES"
                     assert await page.evaluate(f"{DT}.report.score") is None
                     assert await page.evaluate("document.querySelectorAll('#plot .no-faces').length") == 1
@@ -140,10 +140,7 @@ def test_detect_page_in_chromium(clips, tmp_path):
 
                     # 4. not a video: the server's reason is shown
                     await page.evaluate(f"{DT}.maxBytes = {health['max_detect_bytes']}")
-                    await page.set_input_files("#file", [notes])
-                    await page.wait_for("!document.getElementById('analyse').disabled", timeout=5)
-                    await page.click("#analyse")
-                    await page.wait_for(f"{DT}.state === 'error'", timeout=30)
+                    await analyse(page, notes, f"{DT}.state === 'error'", timeout=30)
                     err = await page.evaluate(f"{DT}.error")
                     msg = await page.evaluate("document.getElementById('msg').textContent")
                     assert err["status"] == 400 and "notes.mp4: not a readable" in err["reason"]
@@ -184,10 +181,7 @@ def test_uncertain_verdict_on_the_detect_page(clips, detector, tmp_path):
                 async with failure_report(page, tmp_path, server=server):
                     await page.goto(server.url + "detect")
                     await page.wait_for(f"{DT}.health", timeout=10)
-                    await page.set_input_files("#file", [clip])
-                    await page.wait_for("!document.getElementById('analyse').disabled", timeout=5)
-                    await page.click("#analyse")
-                    await page.wait_for(f"['done', 'error'].includes({DT}.state)", timeout=90)
+                    await analyse(page, clip, f"['done', 'error'].includes({DT}.state)", timeout=90)
                     assert await page.evaluate(f"{DT}.state") == "done", await page.evaluate(f"{DT}.error")
                     report = await page.evaluate(f"{DT}.report")
                     assert report["verdict"] == "UNCERTAIN" and report["thresholds"] == {"real": real, "fake": fake}
