@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from swapwatch.commands.options import add_threshold_options, check_threshold_options
 from swapwatch.errors import InputError
 
 
@@ -40,13 +41,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--max-frames", type=int, metavar="N", help="analyse only the first N frames")
     p.add_argument("--window-stride", type=int, metavar="S",
                    help="score a window every S frames of each face track (default: every frame)")
-    p.add_argument("--threshold", type=float, metavar="P",
-                   help="the fake threshold: call the video FAKE when its score is at least P (default: the "
-                        "model's own). Given alone, it moves a one-threshold model's only threshold; a model's "
-                        "real threshold stays, unless it is above P: then it drops to P (no UNCERTAIN band left)")
-    p.add_argument("--real-threshold", type=float, metavar="P",
-                   help="the real threshold: call the video REAL when its score is below P, UNCERTAIN from P up "
-                        "to the fake threshold (default: the model's own; at most the fake threshold)")
+    add_threshold_options(
+        p, fake_help="the fake threshold: call the video FAKE when its score is at least P (default: the model's "
+                     "own). Given alone, it moves a one-threshold model's only threshold; a model's real threshold "
+                     "stays, unless it is above P: then it drops to P (no UNCERTAIN band left)",
+        real_help="the real threshold: call the video REAL when its score is below P, UNCERTAIN from P up to the "
+                  "fake threshold (default: the model's own; at most the fake threshold)")
     p.add_argument("--no-watermark-check", dest="check_watermark", action="store_false",
                    help="do not look for swapwatch's own watermark (by default a video that carries it is FAKE, "
                         "verified, whatever the model's score)")
@@ -65,9 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--max-frames must be at least 1")
     if args.window_stride is not None and args.window_stride < 1:
         raise InputError("--window-stride must be at least 1")
-    for flag, value in (("--threshold", args.threshold), ("--real-threshold", args.real_threshold)):
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise InputError(f"{flag} must lie in [0, 1]")
+    check_threshold_options(args)
     if args.threshold is not None and args.real_threshold is not None and args.real_threshold > args.threshold:
         raise InputError(f"--real-threshold {args.real_threshold:g} is above --threshold {args.threshold:g}: "
                          "REAL must lie below FAKE")

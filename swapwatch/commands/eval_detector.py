@@ -20,7 +20,7 @@ TABLE_ROWS = 40  # per-video rows printed (all of them go to --json)
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    from swapwatch.commands.options import add_live_stride_options
+    from swapwatch.commands.options import add_live_stride_options, add_threshold_options
 
     p = subparsers.add_parser(
         name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -48,13 +48,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"))
     p.add_argument("--detector", choices=("mtcnn", "yunet", "scrfd"), default="yunet",
                    help="face detector (default: yunet)")
-    p.add_argument("--threshold", type=float, metavar="P",
-                   help="the fake threshold: probability at or above which a video is called FAKE (default: the "
-                        "model's). Given alone, it moves a one-threshold model's only threshold; a model's real "
-                        "threshold above P drops to P. The live measures keep the model's own")
-    p.add_argument("--real-threshold", type=float, metavar="P",
-                   help="the real threshold: a video scoring below P is called REAL, from P up to the fake "
-                        "threshold UNCERTAIN (default: the model's)")
+    add_threshold_options(
+        p, fake_help="the fake threshold: probability at or above which a video is called FAKE (default: the "
+                     "model's). Given alone, it moves a one-threshold model's only threshold; a model's real "
+                     "threshold above P drops to P. The live measures keep the model's own",
+        real_help="the real threshold: a video scoring below P is called REAL, from P up to the fake threshold "
+                  "UNCERTAIN (default: the model's)")
     p.add_argument("--json", metavar="OUT", type=Path, help="write the full report as JSON")
     p.add_argument("--plot", metavar="OUT.png", type=Path,
                    help="write ROC curve, score histograms and reliability diagram to a PNG")
@@ -73,13 +72,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from swapwatch.commands.options import check_threshold_options
     from swapwatch.config import DetectorConfig
     from swapwatch.engines.deepfake import DeepfakeDetector, Evaluator, StreamSettings, WindowConfig, evaluate
     from swapwatch.engines.faces import create_detector
 
-    for flag, value in (("--threshold", args.threshold), ("--real-threshold", args.real_threshold)):
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise InputError(f"{flag} must lie in [0, 1]")
+    check_threshold_options(args)
     for name in ("max_videos", "max_frames"):
         value = getattr(args, name)
         if value is not None and value < 1:

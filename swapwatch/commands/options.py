@@ -42,3 +42,19 @@ def deepfake_config(args: argparse.Namespace, *, backend: str = "auto", device: 
                               score_stride=args.deepfake_score_every)
     except ValueError as exc:
         raise InputError(str(exc)) from None
+
+
+def add_threshold_options(p: argparse.ArgumentParser, *, fake_help: str, real_help: str) -> None:
+    """``--threshold`` (the FAKE threshold) and ``--real-threshold`` (detect, eval-detector); each command says
+    in its own words what they decide. Checked by :func:`check_threshold_options`."""
+    p.add_argument("--threshold", type=float, metavar="P", help=fake_help)
+    p.add_argument("--real-threshold", type=float, metavar="P", help=real_help)
+
+
+def check_threshold_options(args: argparse.Namespace) -> None:
+    """InputError when ``--threshold`` or ``--real-threshold`` lies outside [0, 1]."""
+    from swapwatch.errors import InputError
+
+    for flag, value in (("--threshold", args.threshold), ("--real-threshold", args.real_threshold)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise InputError(f"{flag} must lie in [0, 1]")
