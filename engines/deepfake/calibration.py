@@ -55,12 +55,16 @@ class Calibration:
         """The raw logit that the calibrated 0.5 threshold corresponds to."""
         return -self.bias / self.scale
 
-    def clip_scores(self, *, kinds: Sequence[str] | None = None) -> tuple[list[float], list[float]]:
-        """(real clip scores, fake clip scores) out of fold; fakes of ``kinds`` only (default: the fitted ones)."""
+    def counted_clips(self, *, kinds: Sequence[str] | None = None) -> list[dict]:
+        """The out-of-fold clips the thresholds count: every real clip, and the fakes of ``kinds`` (default: the
+        fitted ones; self-swaps are scored but not counted)."""
         keep = set(self.fitted_on if kinds is None else kinds)
-        real = [c["score"] for c in self.clips if c["label"] == 0]
-        fake = [c["score"] for c in self.clips if c["label"] == 1 and c["kind"] in keep]
-        return real, fake
+        return [c for c in self.clips if c["label"] == 0 or c["kind"] in keep]
+
+    def clip_scores(self, *, kinds: Sequence[str] | None = None) -> tuple[list[float], list[float]]:
+        """(real clip scores, fake clip scores) of :meth:`counted_clips`."""
+        counted = self.counted_clips(kinds=kinds)
+        return [c["score"] for c in counted if c["label"] == 0], [c["score"] for c in counted if c["label"] == 1]
 
     def verdict_thresholds(self, *, max_real_flagged: float = 0.05,
                            min_fake_caught: float = 0.95) -> tuple[Thresholds, dict]:
@@ -71,9 +75,7 @@ class Calibration:
         thresholds, fit = Thresholds.fit(real, fake, max_real_flagged=max_real_flagged,
                                          min_fake_caught=min_fake_caught)
         per_identity: dict[str, dict] = {}
-        for c in self.clips:
-            if c["label"] == 1 and c["kind"] not in self.fitted_on:
-                continue
+        for c in self.counted_clips():
             row = per_identity.setdefault(c["identity"], {"real": {}, "fake": {}})
             side = row["real" if c["label"] == 0 else "fake"]
             verdict = thresholds.verdict(c["score"])
