@@ -56,7 +56,7 @@ from swapwatch.stream.session import Session
 from swapwatch.stream.sources import SourceFace, SourceStore
 from swapwatch.stream.worker import InferenceWorker
 
-__all__ = ["PendingOffers", "SwapwatchServer", "SourceFace", "SourceStore"]
+__all__ = ["PendingOffers", "Refusal", "SourceFace", "SourceStore", "SwapwatchServer"]
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +150,11 @@ class SwapwatchServer:
         return web.Response(text=page, content_type="text/html")
 
     async def health(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.health_json())
+
+    async def health_json(self) -> dict[str, Any]:
         sc = self.config.server
-        return web.json_response({
+        return {
             "status": "ok", "version": __version__, "detector": self.detector.name,
             "swapper": self.swapper.name if self.swapper is not None else None,
             "swapper_learned": bool(self.swapper is not None and self.swapper.learned),
@@ -162,9 +165,13 @@ class SwapwatchServer:
             "max_detect_bytes": sc.max_detect_bytes,
             "recording": sc.record_dir is not None,
             # The model's folder name only: /health is public and says nothing of the server's filesystem.
-            "deepfake_model": Path(self.config.deepfake.model).name if self.deepfake is not None else None})
+            "deepfake_model": Path(self.config.deepfake.model).name if self.deepfake is not None else None}
 
     async def metrics(self, request: web.Request) -> web.Response:
+        text = await self.metrics_text()
+        return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
+
+    async def metrics_text(self) -> str:
         text = render_prometheus(self.stats, sessions=len(self.sessions), max_sessions=self.config.server.max_sessions,
                                  queue_depth=self.worker.queue_depth, uptime=time.time() - self.started)
         extra = PrometheusText()  # the admission gauges, after the shared families
@@ -172,8 +179,7 @@ class SwapwatchServer:
                     self.pending.total_pending)
         extra.gauge("swapwatch_sessions_connected", "Sessions holding a slot (peer connection connected).",
                     len(self._connected))
-        text += extra.render()
-        return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
+        return text + extra.render()
 
     async def upload_source(self, request: web.Request) -> web.Response:
         limit = self.config.server.max_upload_bytes
@@ -362,42 +368,54 @@ class SwapwatchServer:
         if settings.source and source is None:
             self.stats.reject("unknown_source")
             return _error(404, f"unknown source {settings.source!r}; upload a face with POST /sources")
+        try:
+            answer = await self.start_session(offer, request.remote or "unknown", source)
+        except Refusal as refusal:
+            return refusal.response()
+        return web.json_response(answer)
+
+    async def start_session(self, offer: OfferRequest, client: str, source: SourceFace | None) -> dict[str, Any]:
+        """A validated offer (its source resolved) from ``client`` -> the answer ``{"sdp", "type", "session"}``,
+        or :class:`Refusal`. The part of ``POST /offer`` after parsing: a cluster's session host runs it too."""
+        sc = self.config.server
+        settings = offer.settings
         if offer.record and sc.record_dir is None:
             self.stats.reject("bad_offer")
-            return _error(400, "recording is not enabled on this server (start it with --record-dir)")
-        client = request.remote or "unknown"
-        refused = self._admission(client)
-        if refused is not None:
-            return refused
+            raise Refusal(400, "recording is not enabled on this server (start it with --record-dir)")
+        self._admission(client)
         self.pending.take(client)  # before the first await: concurrent offers see it
         try:
             session = await self._create_session(settings, source, record=offer.record)
         except OfferError as exc:
             self.pending.release(client)
             self.stats.reject("bad_offer")
-            return _error(400, str(exc))
+            raise Refusal(400, str(exc)) from None
         except BaseException:
             self.pending.release(client)
             raise
         self.sessions[session.id] = session
         self._pending_client[session.id] = client
+        self.session_started(session)
         try:
             answer = await session.accept(offer.sdp)
         except Exception as exc:  # the offer passed validation but aiortc cannot negotiate it
             log.warning("offer refused during negotiation: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
             await session.close("negotiation failed")
             self.stats.reject("bad_offer")
-            return _error(400, f"cannot negotiate this offer: {exc}")
+            raise Refusal(400, f"cannot negotiate this offer: {exc}") from None
         except BaseException:  # cancelled (the client went away): no session outlives an offer left unanswered
             asyncio.ensure_future(session.close("negotiation cancelled"))
             raise
         self.stats.sessions_created += 1
         log.info("session %s…: %s, faces %s%s (%d live, %d pending)", session.id[:6], settings.mode, settings.faces,
                  ", recording" if session.recorder else "", len(self.sessions), self.pending.total_pending)
-        return web.json_response({"sdp": answer.sdp, "type": answer.type, "session": session.id})
+        return {"sdp": answer.sdp, "type": answer.type, "session": session.id}
 
-    def _admission(self, client: str) -> web.Response | None:
-        """The 503 for an offer over a budget (logged, counted), or None: checked before anything is built. The
+    def session_started(self, session: Session) -> None:
+        """A session was created (before its answer): a hook for whoever relays its messages elsewhere."""
+
+    def _admission(self, client: str) -> None:
+        """:class:`Refusal` (503, logged, counted) for an offer over a budget: checked before anything is built. The
         client's pending budget, then everyone's, then the slots: connected sessions plus this client's pending
         offers (another client's half-open offers never hold a slot)."""
         sc = self.config.server
@@ -406,7 +424,7 @@ class SwapwatchServer:
         if reason is None and len(self._connected) + mine >= sc.max_sessions:
             reason = "full"
         if reason is None:
-            return None
+            return
         message = {
             "pending_client": f"too many offers still connecting from your address ({mine}, at most "
                               f"{self.pending.per_client}); try again when they have connected or expired",
@@ -418,8 +436,7 @@ class SwapwatchServer:
         self.stats.reject(reason)
         log.warning("offer from %s refused (%s): %d connected, %d pending (%d from this client)", client, reason,
                     len(self._connected), self.pending.total_pending, mine)
-        return web.json_response({"error": message, "reason": reason}, status=503,
-                                 headers={"Retry-After": retry_after})
+        raise Refusal(503, message, reason=reason, headers={"Retry-After": retry_after})
 
     def _on_connected(self, session: Session) -> bool:
         """A pending session's peer connection connected: it leaves the pending budget and takes a slot if one
@@ -520,6 +537,29 @@ class PendingOffers:
         self._by_client[client] -= 1
         if self._by_client[client] <= 0:  # no empty entries: the map holds only clients with offers connecting
             del self._by_client[client]
+
+
+class Refusal(Exception):
+    """An offer refused with an HTTP status and a one-line reason (``reason``: the machine-readable cause of a
+    503, as PROTOCOL.md lists them; ``headers``: Retry-After). Plain data, so a session host can return it."""
+
+    def __init__(self, status: int, error: str, *, reason: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(error)
+        self.status, self.error, self.reason, self.headers = status, error, reason, dict(headers or {})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "error": self.error, "reason": self.reason, "headers": self.headers}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Refusal:
+        return cls(int(data["status"]), str(data["error"]), reason=data.get("reason"), headers=data.get("headers"))
+
+    def response(self) -> web.Response:
+        body: dict[str, Any] = {"error": self.error}
+        if self.reason is not None:
+            body["reason"] = self.reason
+        return web.json_response(body, status=self.status, headers=self.headers or None)
 
 
 def _error(status: int, reason: str) -> web.Response:

@@ -77,7 +77,7 @@ class Session:
         self._tasks: set[asyncio.Task] = set()
         self._in_flight: cf.Future | None = None
         self._pending: Slot | None = None
-        self._subscribers: set[asyncio.Queue] = set()
+        self._fanout = MessageFanout(lambda: self._closing)
         self._closing = False
         self.closed = asyncio.Event()
         self._error_logged = False
@@ -206,20 +206,13 @@ class Session:
 
     def subscribe(self, size: int = 64) -> asyncio.Queue:
         """A bounded queue of messages for one websocket (alerts, verdicts; None when the session ends)."""
-        q: asyncio.Queue = asyncio.Queue(maxsize=size)
-        if self._closing:
-            q.put_nowait(None)
-        self._subscribers.add(q)
-        return q
+        return self._fanout.subscribe(size)
 
     def unsubscribe(self, q: asyncio.Queue) -> None:
-        self._subscribers.discard(q)
+        self._fanout.unsubscribe(q)
 
     def publish(self, message: dict[str, Any] | None) -> None:
-        for q in self._subscribers:
-            if q.full():  # a client that does not read loses the oldest, it never grows the queue
-                q.get_nowait()
-            q.put_nowait(message)
+        self._fanout.publish(message)
 
     def publish_alert(self, event: dict[str, Any]) -> None:
         """An alert message: counted for /metrics, then sent like any message."""
@@ -279,6 +272,32 @@ class Session:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+class MessageFanout:
+    """A session's messages to each of its websockets: one bounded queue per subscriber, None at the end. A
+    subscriber that does not read loses the oldest message; the queue never grows. ``ended()``: the session
+    has ended already (a late subscriber gets the end at once)."""
+
+    def __init__(self, ended: Callable[[], bool]) -> None:
+        self._ended = ended
+        self._queues: set[asyncio.Queue] = set()
+
+    def subscribe(self, size: int = 64) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue(maxsize=size)
+        if self._ended():
+            q.put_nowait(None)
+        self._queues.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue) -> None:
+        self._queues.discard(q)
+
+    def publish(self, message: dict[str, Any] | None) -> None:
+        for q in self._queues:
+            if q.full():
+                q.get_nowait()
+            q.put_nowait(message)
 
 
 async def _drain(track: MediaStreamTrack) -> None:

@@ -137,8 +137,41 @@ class DeepfakeConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Sessions placed on a Ray cluster (`serve --ray`, stream/cluster.py; DESIGN.md "Beyond one machine").
+
+    ``address``: None keeps the single-host server; "local" starts a Ray cluster inside the process (one node
+    offering ``local_hosts`` hosts); anything else is passed to ``ray.init`` (``auto``, ``HOST:PORT``,
+    ``ray://HOST:10001``). A session host is a Ray actor that claims ``sessions_per_host`` units of the custom
+    resource ``resource`` (its session capacity: the scheduler and the autoscaler see it) and one GPU where its
+    node has one; nodes offer the resource with ``ray start --resources '{"swapwatch_sessions": 4}'``. The
+    front end looks for nodes with free units and for hosts that died every ``reconcile_interval`` s, and relays
+    a session's websocket messages by polling its host (each poll waits up to ``poll_timeout`` s)."""
+
+    address: str | None = None
+    sessions_per_host: int = 4
+    local_hosts: int = 1
+    resource: str = "swapwatch_sessions"
+    namespace: str = "swapwatch"
+    reconcile_interval: float = 2.0
+    poll_timeout: float = 1.0
+    host_start_timeout: float = 120.0  # loading a host's models (TensorRT engines can take minutes the first time)
+    call_timeout: float = 30.0  # any other call to a host (an offer's negotiation included)
+
+    def __post_init__(self) -> None:
+        if self.sessions_per_host < 1 or self.local_hosts < 1:
+            raise ValueError("sessions_per_host and local_hosts must be at least 1")
+        for name in ("reconcile_interval", "poll_timeout", "host_start_timeout", "call_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.address is not None and not self.address.strip():
+            raise ValueError("the Ray address must not be empty (use 'local' for a cluster in this process)")
+
+
+@dataclass(frozen=True)
 class Config:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     deepfake: DeepfakeConfig = field(default_factory=DeepfakeConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)

@@ -12,7 +12,7 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 # torch 2.13.0 is the CPU build the project is developed and tested with (see README); constraints.txt pins
 # every other package to the versions CI tested (re-resolve with tests/lock.sh).
-pip install -c constraints.txt torch==2.13.0 -e '.[dev]'
+pip install -c constraints.txt torch==2.13.0 -e '.[dev,cluster]'
 # The real MTCNN weights live in this wheel; it is downloaded for the tests, never installed.
 pip download --no-deps -d .cache/wheels facenet-pytorch==2.6.0
 # MediaPipe FaceMesh (face_landmark.tflite) is read out of this wheel; the platform flags fetch the cp311

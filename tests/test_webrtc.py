@@ -61,6 +61,28 @@ async def wait_for(predicate, timeout: float, step: float = 0.05) -> float:
     return time.monotonic() - start
 
 
+def check_swapped(probe: Probe, clip: list[np.ndarray], face_boxes: list) -> tuple[int, list, int]:
+    """(frames back, the raw ones, the watermarked ones) among the returned frames matched to a sent frame.
+    A frame is raw when it is the input frame with the same timestamp: its face did not change and it has no
+    watermark (a stand-in repeats a swapped frame; the starting card is black)."""
+    marker = Watermarker()
+    mapping = probe.mapping()
+    back = [r for r in probe.received if r.pts in mapping and mapping[r.pts] < probe.track.count]  # flush aside
+    raw, watermarked = [], 0
+    for r in back:
+        index = mapping[r.pts] % len(clip)  # the probe loops over the clip
+        sent = clip[index]
+        x1, y1, x2, y2 = face_boxes[index]
+        w, h = x2 - x1, y2 - y1
+        inner = (slice(y1 + h // 4, y2 - h // 6), slice(x1 + w // 5, x2 - w // 5))
+        face_diff = np.abs(r.image[inner].astype(np.int16) - sent[inner].astype(np.int16)).mean()
+        found = marker.detect(r.image).found
+        watermarked += found
+        if not (face_diff > 6.0 or found):
+            raw.append((index, round(float(face_diff), 2)))
+    return len(back), raw, watermarked
+
+
 def describe(report: ProbeReport) -> str:
     return (f"{report.received}/{report.sent} frames back at {report.fps_back:.1f} fps, added latency (same pts) "
             f"p50 {report.latency_ms['p50']} ms p95 {report.latency_ms['p95']} ms, content age p50 "
@@ -102,23 +124,9 @@ def test_swap_session_returns_swapped_frames_in_order(detector, clip, source_pho
     assert report.fraction_back >= 0.95, describe(report)
     assert report.in_order and report.pts_increasing and report.unmatched == 0
 
-    # No returned frame is the raw input frame with the same timestamp: the face differs, or it carries the
-    # watermark (a stand-in repeats a swapped frame; the starting card is black).
-    marker = Watermarker()
-    mapping = probe.mapping()
-    watermarked = 0
-    back = [r for r in probe.received if mapping[r.pts] < len(clip)]  # the probe's flush frames aside
-    for r in back:
-        index = mapping[r.pts]
-        sent = clip[index]
-        x1, y1, x2, y2 = face_boxes[index]
-        w, h = x2 - x1, y2 - y1
-        inner = (slice(y1 + h // 4, y2 - h // 6), slice(x1 + w // 5, x2 - w // 5))
-        face_diff = np.abs(r.image[inner].astype(np.int16) - sent[inner].astype(np.int16)).mean()
-        found = marker.detect(r.image).found
-        watermarked += found
-        assert face_diff > 6.0 or found, (index, face_diff)
-    assert watermarked >= 0.9 * len(back)
+    back, raw, watermarked = check_swapped(probe, clip, face_boxes)
+    assert not raw, raw
+    assert watermarked >= 0.9 * back
 
     types = [m["type"] for m in probe.messages]
     assert types[0] == "hello" and probe.messages[0]["mode"] == "swap" and "metrics" in types

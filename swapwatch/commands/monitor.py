@@ -1,4 +1,8 @@
-"""`swapwatch monitor`: watch a video file or a live stream for swapwatch watermarks and deepfake alerts."""
+"""`swapwatch monitor`: watch a video file or a live stream for swapwatch watermarks and deepfake alerts.
+
+With ``--ray`` it watches many streams at once, one Ray task per stream spread over a cluster's nodes; each task
+runs the same per-stream loop (:func:`monitor_stream`) as the single-host command and streams its messages back.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,20 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from swapwatch.commands.options import add_deepfake_options, deepfake_config
-from swapwatch.errors import InputError
+from swapwatch.errors import InputError, SwapwatchError
 
 if TYPE_CHECKING:
     from swapwatch.engines.deepfake import AlertEvent, DeepfakeScorer, VerdictEvent
 
 log = logging.getLogger("swapwatch.monitor")
+
+Message = dict[str, Any]  # a JSON line: alert, verdict, summary (and with --ray: error, cluster_summary)
+Line = tuple[Message, str]  # a message and its text line (formatted from the unrounded values)
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -23,7 +31,19 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                               "end) are printed as they happen, then a summary; with a deepfake model that has "
                               "a REAL/FAKE band, so is each face track's live verdict (REAL, UNCERTAIN, FAKE) "
                               "when it changes.")
-    p.add_argument("source", help="a video file, or a stream URL (rtsp://, http(s)://, udp://, rtmp://, srt://)")
+    p.add_argument("source", nargs="*", metavar="SOURCE",
+                   help="a video file, or a stream URL (rtsp://, http(s)://, udp://, rtmp://, srt://); several "
+                        "need --ray")
+    p.add_argument("--sources", metavar="FILE", help="read more sources from FILE, one a line (blank lines and "
+                   "lines starting with # are ignored)")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="monitor every source at once on a Ray cluster, one task (1 CPU) per stream spread over "
+                        "its nodes: 'local' (a cluster started in this process), 'auto', HOST:PORT or "
+                        "ray://HOST:10001. Each source is opened on the node that runs its task, so file paths "
+                        "must exist there (a shared filesystem) or be URLs. Every message carries its "
+                        "\"stream\" (text lines start with [SOURCE]); a stream that fails gives one error "
+                        "message while the others go on; a cluster_summary line comes last, and the exit is "
+                        "non-zero if any stream failed. Not with --draw or --ws")
     p.add_argument("--json", action="store_true", help="print events and the summary as JSON lines")
     p.add_argument("--ws", metavar="URL", help="also send every event (JSON) to this websocket; it is retried "
                    "with backoff and never stops monitoring")
@@ -47,23 +67,88 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     return p
 
 
+
+
 def run(args: argparse.Namespace, *, deepfake: DeepfakeScorer | None = None) -> int:
     """Run the command; ``deepfake`` replaces the scorer that ``--deepfake-model`` names (tests)."""
-    from swapwatch.config import DetectorConfig
-    from swapwatch.engines.deepfake import FrameMonitor, MonitorConfig, MonitorOverlay
-    from swapwatch.engines.faces import FACE_SMOOTHING, FaceTracker, KeyframeTracker, create_detector
-    from swapwatch.stream.ingest import IngestConfig, VideoSource, WebsocketForwarder
-
     if args.every < 1 or args.watermark_every < 1:
         raise InputError("--every and --watermark-every must be at least 1")
     if args.timeout <= 0 or (args.duration is not None and args.duration <= 0):
         raise InputError("--timeout and --duration must be positive")
     if args.draw and Path(args.draw).suffix.lower() not in (".mp4", ".mkv", ".mov", ".webm"):
         raise InputError("--draw needs a .mp4, .mkv, .mov or .webm file name")
+    deepfake_config(args, backend=args.backend)  # bad deepfake options fail here, before any stream is opened
+    sources = _sources(args)
+    if args.ray is not None:
+        if args.draw or args.ws:
+            raise InputError("--draw and --ws do not work with --ray (the streams run on the cluster's nodes)")
+        return _run_ray(args, sources, deepfake)
+    if len(sources) != 1:
+        raise InputError(f"several sources ({len(sources)}) need --ray ADDRESS (one monitor per stream on a "
+                         "Ray cluster); without it, give one")
+    forwarder = None
+    if args.ws:
+        from swapwatch.stream.ingest import WebsocketForwarder
+
+        forwarder = WebsocketForwarder(args.ws, token=args.ws_token)
+    stream = monitor_stream(sources[0], args, deepfake)
+    try:
+        try:
+            for msg, text in stream:
+                _show(msg, text, args.json, forwarder)
+        except KeyboardInterrupt:  # Ctrl-C while printing: the stream still ends its alerts and summarises
+            for msg, text in _resumed(stream, stream.throw(KeyboardInterrupt())):
+                _show(msg, text, args.json, forwarder)
+        return 0
+    finally:
+        stream.close()
+        if forwarder is not None:
+            forwarder.close()
+
+
+def _resumed(stream: Iterator[Line], first: Line) -> Iterator[Line]:
+    yield first
+    yield from stream
+
+
+def _show(msg: Message, text: str, as_json: bool, forwarder=None) -> None:
+    # Only alert and verdict events go to the websocket (the protocol's messages); the summary is for stdout.
+    if forwarder is not None and msg["type"] in ("alert", "verdict"):
+        forwarder.send(msg)
+    print(json.dumps(msg) if as_json else text, flush=True)
+
+
+def _sources(args: argparse.Namespace) -> list[str]:
+    """The positional sources, then those of ``--sources FILE``."""
+    sources = list(args.source)
+    if args.sources:
+        try:
+            lines = Path(args.sources).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--sources {args.sources}: cannot read it ({exc.__class__.__name__})") from None
+        sources += [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
+    if not sources:
+        raise InputError("no source: give a SOURCE or --sources FILE")
+    # Messages are told apart by their source: the same one twice would make them ambiguous.
+    if len(set(sources)) != len(sources):
+        raise InputError(f"{next(s for s in sources if sources.count(s) > 1)}: given twice")
+    return sources
+
+
+def monitor_stream(source: str, args: argparse.Namespace, deepfake: DeepfakeScorer | None = None) -> Iterator[Line]:
+    """Monitor one stream: yield its alert events and verdict changes as they happen, then its summary.
+
+    The one per-stream loop, for the single-host command and for each ``--ray`` task alike. The stream ending
+    badly midway (InputError) still ends its alerts and yields the summary, then raises.
+    """
+    from swapwatch.config import DetectorConfig
+    from swapwatch.engines.deepfake import FrameMonitor, MonitorConfig, MonitorOverlay
+    from swapwatch.engines.faces import FACE_SMOOTHING, FaceTracker, KeyframeTracker, create_detector
+    from swapwatch.stream.ingest import IngestConfig, VideoSource
+
     deepfake_settings = deepfake_config(args, backend=args.backend)
     # Open the input before loading models, so a bad source fails fast.
-    source = VideoSource(args.source, IngestConfig(timeout=args.timeout, realtime=args.realtime))
-    forwarder = None
+    video = VideoSource(source, IngestConfig(timeout=args.timeout, realtime=args.realtime))
     writer = None
     try:
         detector = create_detector(DetectorConfig(name=args.detector, backend=args.backend))
@@ -73,25 +158,27 @@ def run(args: argparse.Namespace, *, deepfake: DeepfakeScorer | None = None) -> 
 
             deepfake = create_deepfake_detector(deepfake_settings)
         monitor = FrameMonitor(MonitorConfig(watermark_every=args.watermark_every), detector=deepfake)
-        if args.ws:
-            forwarder = WebsocketForwarder(args.ws, token=args.ws_token)
-        report = _Reporter(args.json, forwarder)
         overlay = MonitorOverlay()
         stopped = ""
         tracks: set[int] = set()
+        alert_events = verdict_changes = 0
         started = time.monotonic()
         last_t = 0.0
         try:
-            for frame in source.frames():
+            for frame in video.frames():
                 if args.duration is not None and frame.time > args.duration:
                     break
                 last_t = frame.time
                 faces = tracker.process(frame.image, frame.time)
                 tracks.update(f.track_id for f in faces if f.track_id is not None)
-                report.events(monitor.process(frame.image, frame.time, faces))
-                report.verdicts(monitor.state.verdict_changes)
+                for e in monitor.process(frame.image, frame.time, faces):
+                    alert_events += 1
+                    yield _alert(e)
+                for v in monitor.state.verdict_changes:
+                    verdict_changes += 1
+                    yield _verdict(v)
                 if args.draw:
-                    writer = writer or _writer(args.draw, source)
+                    writer = writer or _writer(args.draw, video)
                     writer.write(overlay.draw(frame.image, monitor.state, faces))
         except KeyboardInterrupt:  # the usual way to stop watching a live stream: still end alerts
             stopped = "interrupted"
@@ -99,26 +186,28 @@ def run(args: argparse.Namespace, *, deepfake: DeepfakeScorer | None = None) -> 
             stopped = str(exc)
         if stopped and monitor.state.frames == 0:  # nothing was monitored: a plain input error
             raise InputError(stopped)
-        report.events(monitor.close(last_t))
+        for e in monitor.close(last_t):
+            alert_events += 1
+            yield _alert(e)
         st = monitor.state
         wall = time.monotonic() - started
-        report.summary({
-            "type": "summary", "source": args.source, "frames": st.frames, "dropped": source.dropped,
-            "alerts": st.alerts_started, "alert_events": report.count, "verdict_changes": report.verdict_count,
+        summary = {
+            "type": "summary", "source": source, "frames": st.frames, "dropped": video.dropped,
+            "alerts": st.alerts_started, "alert_events": alert_events, "verdict_changes": verdict_changes,
             "watermark_checks": st.watermark_checks, "watermarked_frames": st.watermarked_frames,
             "tracks": len(tracks), "duration_s": round(last_t, 3), "wall_s": round(wall, 3),
-            "fps": round(st.frames / wall, 2) if wall > 0 else 0.0, "live": bool(source.live),
+            "fps": round(st.frames / wall, 2) if wall > 0 else 0.0, "live": bool(video.live),
             "deepfake_model": None if deepfake is None else (deepfake_settings.model or "custom"),
-        })
+        }
+        yield summary, (f"{source}: {st.frames} frames ({video.dropped} dropped), {st.alerts_started} alert(s), "
+                        f"watermark on {st.watermarked_frames}/{st.watermark_checks} checked frames, "
+                        f"{len(tracks)} face track(s), {summary['fps']} fps")
         if stopped and stopped != "interrupted":
             raise InputError(stopped)
-        return 0
     finally:
         if writer is not None:
             writer.close()
-        if forwarder is not None:
-            forwarder.close()
-        source.close()
+        video.close()
 
 
 def _writer(path: str, source):
@@ -127,49 +216,113 @@ def _writer(path: str, source):
     return VideoWriter(Path(path), source.fps, source.width, source.height)
 
 
-class _Reporter:
-    """Prints events (JSON lines or text) on stdout as they happen, and forwards them to the websocket: alert
-    events and live verdict changes, the server's websocket messages of the same names."""
+def _alert(e: AlertEvent) -> Line:
+    what = {"watermark": "swapwatch watermark (verified)",
+            "change": f"face track {e.track_id} (score stepped up)"}.get(e.kind, f"face track {e.track_id}")
+    return e.to_json(), (f"alert {e.event:<6} {what}: {e.t_start:.2f}-{e.t_end:.2f} s, peak {e.peak:.2f}, "
+                         f"mean {e.mean:.2f}")
 
-    def __init__(self, as_json: bool, forwarder) -> None:
-        self.as_json = as_json
-        self.forwarder = forwarder
-        self.count = 0  # alert events
-        self.verdict_count = 0  # verdict changes (not alerts)
 
-    def verdicts(self, changes: tuple[VerdictEvent, ...]) -> None:
-        for v in changes:
-            msg = v.to_json()
-            self.verdict_count += 1
-            if self.forwarder is not None:
-                self.forwarder.send(msg)
-            if self.as_json:
-                print(json.dumps(msg), flush=True)
-            else:
-                why = " (between the real and fake thresholds: the detector cannot tell)" \
-                    if v.verdict == "UNCERTAIN" else ""
-                print(f"verdict face track {v.track_id}: {v.verdict} at {v.t:.2f} s, score {v.score:.2f}{why}",
-                      flush=True)
+def _verdict(v: VerdictEvent) -> Line:
+    why = " (between the real and fake thresholds: the detector cannot tell)" if v.verdict == "UNCERTAIN" else ""
+    return v.to_json(), f"verdict face track {v.track_id}: {v.verdict} at {v.t:.2f} s, score {v.score:.2f}{why}"
 
-    def events(self, events: list[AlertEvent]) -> None:
-        for e in events:
-            msg = e.to_json()
-            self.count += 1
-            if self.forwarder is not None:
-                self.forwarder.send(msg)
-            if self.as_json:
-                print(json.dumps(msg), flush=True)
-            else:
-                what = {"watermark": "swapwatch watermark (verified)",
-                        "change": f"face track {e.track_id} (score stepped up)"}.get(e.kind, f"face track {e.track_id}")
-                print(f"alert {e.event:<6} {what}: {e.t_start:.2f}-{e.t_end:.2f} s, peak {e.peak:.2f}, "
-                      f"mean {e.mean:.2f}", flush=True)
 
-    def summary(self, msg: dict[str, Any]) -> None:
-        # Only alert and verdict events go to the websocket (the protocol's messages); the summary is for stdout.
-        if self.as_json:
-            print(json.dumps(msg), flush=True)
-        else:
-            print(f"{msg['source']}: {msg['frames']} frames ({msg['dropped']} dropped), {msg['alerts']} alert(s), "
-                  f"watermark on {msg['watermarked_frames']}/{msg['watermark_checks']} checked frames, "
-                  f"{msg['tracks']} face track(s), {msg['fps']} fps", flush=True)
+# --------------------------------------------------------------------------------------------------------
+# --ray: one task per stream
+# --------------------------------------------------------------------------------------------------------
+
+
+def _stream_task(source: str, args: argparse.Namespace, deepfake: DeepfakeScorer | None) -> Iterator[Line]:
+    """A Ray task's body: :func:`monitor_stream`, its messages tagged with the stream; a failure becomes one
+    error message (never an exception), so that the driver reports it and the other streams go on."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    try:
+        for msg, text in monitor_stream(source, args, deepfake):
+            if msg["type"] == "summary":
+                msg["node"] = node  # where it ran: shows the spread, finds a node's log
+            yield {**msg, "stream": source}, text
+    except SwapwatchError as exc:
+        yield _error(source, str(exc), node)
+    except Exception as exc:  # a bug or a library's error in one stream must not take the others down
+        log.exception("monitor %s failed", source)
+        yield _error(source, f"{exc.__class__.__name__}: {exc}", node)
+
+
+def _error(source: str, error: str, node: str | None = None) -> Line:
+    line = (error.strip().splitlines() or ["failed"])[0]
+    msg: Message = {"type": "error", "stream": source, "error": line}
+    if node is not None:
+        msg["node"] = node
+    return msg, f"error: {line}"
+
+
+def _run_ray(args: argparse.Namespace, sources: list[str], deepfake: DeepfakeScorer | None) -> int:
+    import asyncio
+
+    from swapwatch.config import ClusterConfig
+    from swapwatch.stream.ray_connect import connect, import_ray
+
+    ray = import_ray()
+    try:
+        config = ClusterConfig(address=args.ray)
+    except ValueError as exc:
+        raise InputError(f"--ray: {exc}") from None
+    owned = not ray.is_initialized()  # a connection made here is closed here (a caller's, e.g. a test's, stays)
+    connect(config)
+    # SPREAD: one stream per node first, so that the load (decoding, detection) is shared across the cluster.
+    task = ray.remote(num_returns="streaming", num_cpus=1, scheduling_strategy="SPREAD")(_stream_task)
+    started = time.monotonic()
+    totals: dict[str, Any] = {"alerts": 0, "alert_events": 0, "verdict_changes": 0, "frames": 0}
+    failed: list[str] = []
+    nodes: set[str] = set()
+
+    def emit(source: str, msg: Message, text: str) -> None:
+        if msg["type"] == "summary":
+            for key in totals:
+                totals[key] += msg[key]
+        elif msg["type"] == "error" and source not in failed:
+            failed.append(source)
+        if "node" in msg:
+            nodes.add(msg["node"])
+        print(json.dumps(msg) if args.json else f"[{source}] {text}", flush=True)
+
+    generators = [(s, task.remote(s, args, deepfake)) for s in sources]
+    try:
+        asyncio.run(_merge(generators, emit))
+    except KeyboardInterrupt:
+        # Ctrl-C: stop every stream's task on the cluster, then stop as the command does (exit 130). force: a
+        # task waiting on a live stream stops now, not after its read times out; it holds nothing to flush.
+        for _, gen in generators:
+            ray.cancel(gen, force=True)
+        raise
+    finally:
+        if owned:
+            ray.shutdown()
+    summary = {"type": "cluster_summary", "streams": len(sources), "failed": len(failed), **totals,
+               "nodes": len(nodes), "wall_s": round(time.monotonic() - started, 3)}
+    print(json.dumps(summary) if args.json else
+          f"{len(sources)} stream(s) on {len(nodes)} node(s), {len(failed)} failed, {totals['alerts']} alert(s), "
+          f"{totals['frames']} frames in {summary['wall_s']} s", flush=True)
+    if failed:
+        raise InputError(f"{len(failed)} of {len(sources)} stream(s) failed: {', '.join(failed)}")
+    return 0
+
+
+async def _merge(generators: list[tuple[str, Any]], emit: Callable[[str, Message, str], None]) -> None:
+    """Print every stream's messages as they arrive: one coroutine per task's ObjectRefGenerator."""
+    import asyncio
+
+    from ray.exceptions import RayError
+
+    async def drain(source: str, gen) -> None:
+        try:
+            async for ref in gen:
+                msg, text = await ref
+                emit(source, msg, text)
+        except RayError as exc:  # the task itself died (its worker or node was lost): that stream failed
+            emit(source, *_error(source, f"task failed: {exc.__class__.__name__}: {exc}"))
+
+    await asyncio.gather(*(drain(s, g) for s, g in generators))

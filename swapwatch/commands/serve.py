@@ -11,7 +11,7 @@ log = logging.getLogger("swapwatch.serve")
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    from swapwatch.config import DetectorConfig, ServerConfig
+    from swapwatch.config import ClusterConfig, DetectorConfig, ServerConfig
 
     p = subparsers.add_parser(name, help=help_text, description=help_text)
     p.add_argument("--host", default=ServerConfig.host, help=f"address to bind (default: {ServerConfig.host})")
@@ -55,19 +55,27 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--idle-timeout", type=float, default=ServerConfig.idle_timeout, metavar="S",
                    help=f"close a session after S seconds without frames (default: {ServerConfig.idle_timeout:g})")
     add_deepfake_options(p)
+    g = p.add_argument_group("cluster (sessions placed on a Ray cluster; needs the cluster extra)")
+    g.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="place sessions on the session hosts of a Ray cluster: HOST:PORT of its head (or 'auto', "
+                        "or ray://HOST:10001); 'local' starts a one-node cluster in this process. This process "
+                        "stays the front end (page, signalling, websockets, /detect); media flows between each "
+                        "client and its host's node directly. Nodes offer session capacity with "
+                        "ray start --resources='{\"swapwatch_sessions\": 4}'")
+    g.add_argument("--sessions-per-host", type=int, default=ClusterConfig.sessions_per_host, metavar="N",
+                   help="sessions one host takes: the units of the swapwatch_sessions resource each host actor "
+                        f"claims, one host per GPU (default: {ClusterConfig.sessions_per_host})")
+    g.add_argument("--local-hosts", type=int, default=ClusterConfig.local_hosts, metavar="N",
+                   help=f"with --ray local: session hosts to run (default: {ClusterConfig.local_hosts})")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from swapwatch.config import Config, DetectorConfig, ServerConfig, TrackingConfig
-    from swapwatch.engines.deepfake import create_deepfake_detector
-    from swapwatch.engines.faces import create_detector
-    from swapwatch.engines.swap import create_swapper
+    from swapwatch.config import ClusterConfig, Config, DetectorConfig, ServerConfig, TrackingConfig
     from swapwatch.errors import InputError
     from swapwatch.stream.security import RedactedAccessLogger
-    from swapwatch.stream.server import SwapwatchServer
 
     try:
         server_config = ServerConfig(
@@ -77,23 +85,52 @@ def run(args: argparse.Namespace) -> int:
             ice_username=args.ice_username, ice_credential=args.ice_credential, model=args.model,
             record_dir=args.record_dir, idle_timeout=args.idle_timeout, device_path=args.device_path)
         tracking = TrackingConfig(detect_every=args.detect_every)
+        cluster = ClusterConfig(address=args.ray, sessions_per_host=args.sessions_per_host,
+                                local_hosts=args.local_hosts)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     detector_config = DetectorConfig(name=args.detector, backend=args.backend, device=args.device)
-    config = Config(detector=detector_config, tracking=tracking, server=server_config,
+    config = Config(detector=detector_config, tracking=tracking, server=server_config, cluster=cluster,
                     deepfake=deepfake_config(args, backend=args.backend, device=args.device))
-    detector = create_detector(config.detector)
-    swapper = create_swapper(args.model, backend=args.backend, device=args.device).swapper
-    log.info("detector: %s; swap model: %s%s", detector.name, swapper.name,
-             "" if swapper.learned else " (weight-free: no learned swapper installed)")
     if args.token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without --token: anyone who can reach it can start sessions", args.host)
-    deepfake = create_deepfake_detector(config.deepfake)
-    log.info("deepfake detector: %s", "off (watermark alerts only)" if deepfake is None else
-             f"{config.deepfake.model} (scorer every {config.deepfake.feature_stride} frame(s) of a track, "
-             f"head every {config.deepfake.score_stride} score(s))")
-    server = SwapwatchServer(config, detector, swapper, deepfake=deepfake)
+    connection = None
+    if cluster.address is not None:
+        server, connection = _cluster_server(config)
+    else:
+        server = _single_host_server(config)
     print(f"swapwatch serving on http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
-    web.run_app(server.app(), host=args.host, port=args.port, print=None, access_log_class=RedactedAccessLogger)
+    try:
+        web.run_app(server.app(), host=args.host, port=args.port, print=None,
+                    access_log_class=RedactedAccessLogger)
+    finally:
+        if connection is not None and connection.started_local:
+            connection.shutdown()
     log.info("swapwatch stopped")
     return 0
+
+
+def _single_host_server(config):
+    from swapwatch.stream.host import ServingModels
+    from swapwatch.stream.server import SwapwatchServer
+
+    models = ServingModels.load(config)
+    log.info("detector: %s; swap model: %s%s", models.detector.name, models.swapper.name,
+             "" if models.swapper.learned else " (weight-free: no learned swapper installed)")
+    dc = config.deepfake
+    log.info("deepfake detector: %s", "off (watermark alerts only)" if models.deepfake is None else
+             f"{dc.model} (scorer every {dc.feature_stride} frame(s) of a track, head every {dc.score_stride} "
+             "score(s))")
+    return SwapwatchServer(config, models.detector, models.swapper, deepfake=models.deepfake)
+
+
+def _cluster_server(config):
+    """The front end of a Ray cluster: the face detector here (checking uploaded photos), the rest on hosts."""
+    from swapwatch.engines.faces import create_detector
+    from swapwatch.stream.cluster import ClusterServer
+    from swapwatch.stream.ray_connect import connect
+
+    connection = connect(config.cluster)
+    log.info("sessions go to session hosts on the Ray cluster at %s, %d per host", connection.address,
+             config.cluster.sessions_per_host)
+    return ClusterServer(config, create_detector(config.detector)), connection
