@@ -171,6 +171,40 @@ def test_a_full_cluster_refuses_with_503_and_frees_capacity_when_sessions_end(ra
     run_front(ray_cluster, detector, scenario)
 
 
+def test_a_removed_node_ends_its_sessions_and_the_cluster_goes_on_without_it(ray_cluster, detector, clip):
+    async def scenario(http, server):
+        await wait_for(lambda: len([h for h in server.hosts.hosts.values() if h.ready]) == 2, 60)
+        node = ray_cluster.add_node(num_cpus=1, resources={"swapwatch_sessions": PER_NODE})
+        await wait_for(lambda: len([h for h in server.hosts.hosts.values() if h.ready]) == 3, 90)
+        doomed = next(h for h in server.hosts.hosts.values() if h.node == node.node_id)
+        # Three sessions, one per host (each goes to the host with the most free places).
+        probes = [Probe(http, clip, mode="monitor", websocket=True, count=600) for _ in range(3)]
+        for p in probes:
+            await p.start()
+        on = {p.session: server.sessions[p.session].host.id for p in probes}
+        assert len(set(on.values())) == 3, on
+        await wait_for(lambda: all(len(p.received) >= 5 for p in probes), 60)
+        ray_cluster.remove_node(node)
+        lost = [p for p in probes if on[p.session] == doomed.id]
+        kept = [p for p in probes if on[p.session] != doomed.id]
+        await wait_for(lambda: any(m.get("code") == "host-lost" for m in lost[0].messages), 60)
+        counts = [len(p.received) for p in kept]
+        await asyncio.sleep(2.0)
+        assert all(len(p.received) > c + 10 for p, c in zip(kept, counts)), "a session on a live node stopped"
+        assert not any(m.get("code") == "host-lost" for p in kept for m in p.messages)
+        await asyncio.sleep(1.5)  # a reconcile or two: no host comes back for a node that is gone
+        doc = await health(http)
+        alive = [h for h in doc["cluster"]["hosts"] if h["alive"]]
+        assert len(alive) == 2 and doc["max_sessions"] == 2 * PER_NODE, doc
+        assert all(h["node"] != node.node_id for h in alive)
+        for p in kept:
+            await p.close()
+        await lost[0].close(abrupt=True)
+        await wait_for(lambda: not server.sessions, 10)
+
+    run_front(ray_cluster, detector, scenario)
+
+
 def test_merge_prometheus_labels_every_sample_with_its_host():
     a = "# HELP m Things.\n# TYPE m counter\nm 1\n# HELP s Lat.\n# TYPE s summary\ns{quantile=\"0.5\"} 2\ns_sum 3\n"
     b = "# HELP m Things.\n# TYPE m counter\nm 4\n"
