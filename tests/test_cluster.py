@@ -104,6 +104,10 @@ def test_sessions_spread_over_two_hosts_and_a_lost_host_ends_only_its_sessions(r
         await wait_for(lambda: all(any(m.get("type") == "alert" for m in p.messages) for p in probes), 30)
         await wait_for(lambda: all(any(m.get("type") == "metrics" and m.get("frames_out", 0) > 0
                                        for m in p.messages) for p in probes), 10)
+        # Control goes through the front end to the session's host and is acknowledged.
+        await probes[1].send({"type": "control", "id": 7, "set": {"faces": "all"}})
+        await wait_for(lambda: any(m.get("type") == "ack" and m.get("id") == 7 for m in probes[1].messages), 15)
+        assert server.sessions[probes[1].session].settings.faces == "all"
         for p in probes:  # swapped, labelled frames came back; never a raw input frame
             back, raw, watermarked = check_swapped(p, clip, face_boxes)
             assert back >= 10 and not raw and watermarked >= 0.8 * back, (back, raw, watermarked)
@@ -278,3 +282,25 @@ def test_the_page_starts_a_new_session_when_its_host_is_lost(ray_cluster, clips,
         except BaseException:
             print("server log tail:\n" + server.log_tail())
             raise
+
+
+def test_serve_ray_local_starts_its_own_cluster_and_serves(tmp_path):
+    """`swapwatch serve --ray local` as a user runs it: a one-node cluster inside the process, its host ready,
+    /health says so; the process stops cleanly."""
+    from browser_util import ServerProcess
+
+    with ServerProcess("--ray", "local", "--local-hosts", "1", "--sessions-per-host", "2", "--model", "classic",
+                       "--deepfake-model", "off", log_path=tmp_path / "server.log", startup_timeout=90,
+                       env={"RAY_USAGE_STATS_ENABLED": "0"}) as server:
+        deadline = time.monotonic() + 90
+        while True:
+            doc = server.health()
+            hosts = doc["cluster"]["hosts"]
+            if hosts and all(h["ready"] for h in hosts):
+                break
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(0.5)
+        assert len(hosts) == 1 and hosts[0]["capacity"] == 2 and doc["max_sessions"] == 2
+        assert doc["swapper"] == "classic"
+    log = (tmp_path / "server.log").read_text()
+    assert "started a local cluster" in log and "Traceback" not in log, log[-3000:]
