@@ -493,7 +493,7 @@ def _with_label(sample: str, key: str, value: str) -> str:
 
 def _portable(source: SourceFace | None) -> SourceFace | None:
     """The source photo for a host: the image and its face, without the front end's caches."""
-    return None if source is None else SourceFace(source.id, source.image, source.face, source.created)
+    return None if source is None else SourceFace(source.id, source.image, source.face, source.created, owner=source.owner)
 
 
 def _actor_gone(ray, exc: BaseException) -> bool:

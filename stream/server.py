@@ -53,7 +53,7 @@ from swapwatch.stream.processing import FrameProcessor, default_monitor_factory
 from swapwatch.stream.recorder import Recorder
 from swapwatch.stream.security import AccessPolicy
 from swapwatch.stream.session import Session
-from swapwatch.stream.sources import SourceFace, SourceStore
+from swapwatch.stream.sources import SourceFace, SourceQuotaExceeded, SourceStore
 from swapwatch.stream.worker import InferenceWorker
 
 __all__ = ["PendingOffers", "Refusal", "SourceFace", "SourceStore", "SwapwatchServer"]
@@ -75,9 +75,9 @@ class SwapwatchServer:
         self.swapper = swapper
         self.deepfake = deepfake
         self.monitor_factory = monitor_factory or self._new_monitor
-        self.sources = SourceStore()
-        self.stats = ServerStats()
         sc = config.server
+        self.sources = SourceStore(sc.max_sources, sc.max_sources_per_client, in_use=self._sources_in_use)
+        self.stats = ServerStats()
         self.access = AccessPolicy(sc.token, sc.allowed_origins)
         self.worker = InferenceWorker(self.stats, batch_window=sc.batch_window, max_batch_faces=sc.max_batch_faces,
                                       queue_size=max(16, 4 * sc.max_sessions), device_path=sc.device_path)
@@ -217,7 +217,12 @@ class SwapwatchServer:
         if not faces:
             return _error(422, "no face found in the photo; use a clear, frontal face")
         face = max(faces, key=lambda f: f.area)
-        item = self.sources.add(image, face)
+        try:
+            item = self.sources.add(image, face, owner=request.remote or "unknown")
+        except SourceQuotaExceeded as exc:
+            log.warning("source upload from %s refused: %s", request.remote, exc)
+            return web.json_response({"error": str(exc)}, status=exc.status,
+                                     headers={"Retry-After": "10"} if exc.status == 503 else None)
         log.info("source %s…: %dx%d, %d face(s)", item.id[:6], image.shape[1], image.shape[0], len(faces))
         # Accepted all the same (the user may know better); the page shows why the swap may suffer.
         quality = await asyncio.to_thread(judge_source, image, faces)
@@ -470,6 +475,9 @@ class SwapwatchServer:
                        config=self.config.server, stats=SessionStats(self.stats),
                        rtc_config=self.rtc_configuration(), recorder=recorder, on_closed=self._closed,
                        on_connected=self._on_connected)
+
+    def _sources_in_use(self) -> set[str]:
+        return {s.settings.source for s in self.sessions.values() if s.settings.source}
 
     def _new_monitor(self) -> Any | None:
         if self.deepfake is None:

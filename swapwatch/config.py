@@ -35,6 +35,10 @@ class ServerConfig:
     # max_source_side pixels on their longer side (the swappers' crops are 512 px at most; no full-size copy).
     max_image_pixels: int = MAX_IMAGE_PIXELS
     max_source_side: int = 2048
+    # Source photos in memory: at most max_sources in all and max_sources_per_client per client address; a new
+    # upload evicts a source no session uses (the client's own first), never one in use (stream/sources.py).
+    max_sources: int = 64
+    max_sources_per_client: int = 8
     # An upload (/sources, /detect) that sends nothing for this long is dropped with 408; /detect's analysis slot
     # is taken only once the whole upload has arrived.
     upload_read_timeout: float = 10.0
@@ -99,6 +103,8 @@ class ServerConfig:
             raise ValueError("max_detect_bytes, max_detect_jobs and detect_max_frames must be at least 1")
         if self.max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
+        if self.max_sources < 1 or self.max_sources_per_client < 1:
+            raise ValueError("max_sources and max_sources_per_client must be at least 1")
         if self.max_pending_per_client < 1 or (self.max_pending is not None and self.max_pending < 1):
             raise ValueError("max_pending_per_client and max_pending must be at least 1")
         for name in ("idle_timeout", "connect_timeout", "pending_timeout", "frame_deadline", "metrics_interval",

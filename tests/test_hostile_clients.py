@@ -1,4 +1,5 @@
-"""Hostile clients (issue 17, item 3): half-open offers from one address must not lock other clients out.
+"""Hostile clients (issue 17): half-open offers from one address must not lock other clients out (item 3);
+uploads from one address must not evict another client's source (item 6).
 
 A session slot counts only sessions whose peer connection connected; offers still connecting have a budget of
 their own (per client address and in all) and a short ICE deadline. Real aiortc offers on loopback: the
@@ -146,3 +147,64 @@ def test_half_open_offers_do_not_lock_out_another_client(detector, small_clip):
     assert rejected == {"pending_client": 16}
     assert 'swapwatch_sessions_rejected_total{reason="pending_client"} 16' in metrics
     assert "swapwatch_sessions_pending 1" in metrics  # the last offer, still connecting
+
+
+# ---- sources: quotas and ownership (item 6) ----------------------------------------------------------------
+
+def test_source_store_evicts_the_uploaders_own_and_never_a_source_in_use():
+    from swapwatch.stream.sources import SourceQuotaExceeded, SourceStore
+
+    used: set[str] = set()
+    store = SourceStore(capacity=4, per_client=2, in_use=lambda: used)
+    image, face = np.zeros((8, 8, 3), np.uint8), SimpleNamespace()
+    a = store.add(image, face, owner="a")
+    used.add(a.id)  # a's session uses it
+    b1 = store.add(image, face, owner="b")
+    b2 = store.add(image, face, owner="b")
+    for _ in range(10):  # b over its quota: b's own oldest unused source goes each time
+        store.add(image, face, owner="b")
+    assert store.get(a.id) is a and store.of("b") == 2 and store.get(b1.id) is None and store.get(b2.id) is None
+    c = store.add(image, face, owner="c")  # 4 in all: full from here on
+    store.add(image, face, owner="d")  # evicts from the client holding the most (b), not a's source in use
+    assert store.get(a.id) is a and store.get(c.id) is c and store.of("b") == 1
+    used.update(s for s in store._items)  # everything in use
+    with pytest.raises(SourceQuotaExceeded) as full:
+        store.add(image, face, owner="e")
+    assert full.value.status == 503
+    solo = SourceStore(capacity=4, per_client=1, in_use=lambda: used)
+    used.add(solo.add(image, face, owner="a").id)
+    with pytest.raises(SourceQuotaExceeded) as mine:  # a's one source is in use: a must end a session first
+        solo.add(image, face, owner="a")
+    assert mine.value.status == 429 and "in use" in str(mine.value)
+
+
+def test_sixty_four_uploads_from_one_client_do_not_evict_another_clients_source(detector, face_photos, small_clip):
+    photo = next(p for p in face_photos if p.name == "max_Chris.jpeg").read_bytes()
+
+    async def upload(http) -> tuple[int, dict]:
+        fd = aiohttp.FormData()
+        fd.add_field("file", photo, filename="face.jpg", content_type="image/jpeg")
+        async with http.post("/sources", data=fd) as r:
+            return r.status, await r.json()
+
+    async def main():
+        server = SwapwatchServer(Config(), detector, ClassicSwapper())  # 64 sources, 8 per client
+        async with TestServer(server.app(), host=HOSTILE) as ts:
+            base = str(ts.make_url("/"))
+            hostile = aiohttp.ClientSession(base_url=base, connector=aiohttp.TCPConnector(local_addr=(HOSTILE, 0)))
+            honest = aiohttp.ClientSession(base_url=base, connector=aiohttp.TCPConnector(local_addr=(HONEST, 0)))
+            async with hostile, honest:
+                status, body = await upload(honest)
+                assert status == 200
+                mine = body["id"]
+                statuses = [(await upload(hostile))[0] for _ in range(64)]
+                assert statuses == [200] * 64  # the flood is served, from the flooder's own quota
+                assert server.sources.of(HOSTILE) == 8 and server.sources.get(mine) is not None
+                # The victim's offer still finds its source (before issue 17: 404 unknown source).
+                probe = Probe(honest, small_clip * 3, mode="swap", source=mine)
+                await probe.start()
+                report = await probe.run(tail=0.5)
+                assert report.received >= 5, report
+                await probe.close()
+
+    asyncio.run(main())
