@@ -123,6 +123,7 @@ class ServerStats:
     counters: FrameCounters = field(default_factory=FrameCounters)
     stages: StageTimes = field(default_factory=StageTimes)
     latency: LatencyWindow = field(default_factory=LatencyWindow)  # added latency of every frame sent
+    deadlines: LatencyWindow = field(default_factory=LatencyWindow)  # the frame deadline each frame sent had
     batch_sizes: LatencyWindow = field(default_factory=LatencyWindow)  # faces per generate call
     sessions_created: int = 0
     sessions_rejected: dict[str, int] = field(default_factory=dict)  # by reason: full, auth, bad_offer, ...
@@ -146,6 +147,7 @@ class SessionStats:
         self.fps_out = RateMeter()
         self.latency = LatencyWindow(256)  # arrival of the decoded frame -> handed to the sender
         self.stages = StageTimes(256)
+        self.deadline: float | None = None  # the frame deadline now in force (the outgoing track sets it)
         self._clock = clock
 
     def _bump(self, name: str, n: int = 1) -> None:
@@ -158,7 +160,8 @@ class SessionStats:
         self._bump("frames_in")
         self.fps_in.tick(now)
 
-    def frame_out(self, now: float, latency: float, *, stand_in: bool) -> None:
+    def frame_out(self, now: float, latency: float, *, stand_in: bool, deadline: float | None = None) -> None:
+        """One frame handed to the sender; ``deadline``: the frame deadline it was held to."""
         self._bump("frames_out")
         if stand_in:
             self._bump("repeated")
@@ -166,6 +169,8 @@ class SessionStats:
         self.latency.add(latency)
         if self.server is not None:
             self.server.latency.add(latency)
+            if deadline is not None:
+                self.server.deadlines.add(deadline)
 
     def dropped(self, n: int = 1) -> None:
         self._bump("dropped", n)
@@ -197,6 +202,7 @@ class SessionStats:
             "fps_in": round(self.fps_in.rate(now), 2), "fps_out": round(self.fps_out.rate(now), 2),
             "latency_ms": {"p50": _ms(p50), "p95": _ms(p95)},
             "stages_ms": self.stages.p50_ms(),
+            "deadline_ms": _ms(self.deadline),
         }
 
 
@@ -301,6 +307,9 @@ def render_prometheus(stats: ServerStats, *, sessions: int, max_sessions: int, q
     out.gauge("swapwatch_worker_queue_depth", "Jobs waiting for the inference worker.", queue_depth)
     out.summary("swapwatch_added_latency_seconds",
                 "Server-side added latency: decoded frame in -> frame handed to the encoder.", [({}, stats.latency)])
+    out.summary("swapwatch_frame_deadline_seconds",
+                "The frame deadline each frame sent was held to (adaptive: it follows each session's "
+                "processing latency, up to frame_deadline).", [({}, stats.deadlines)])
     out.summary("swapwatch_stage_seconds", "Per-stage time in the inference worker.",
                 [({"stage": s}, w) for s, w in stats.stages.items()])
     out.summary("swapwatch_batch_faces", "Faces per swapper generate call (cross-session batching).",

@@ -115,3 +115,30 @@ def check_sdp(sdp: str) -> None:
         raise OfferError("the offer has no ICE credentials (ice-ufrag/ice-pwd)")
     if video.dtls is None or not video.dtls.fingerprints:
         raise OfferError("the offer has no DTLS fingerprint")
+    _check_candidates([c for m in description.media for c in m.ice_candidates])
+
+
+# The server sends ICE connectivity checks (STUN) to every candidate an offer lists: a few are all a browser
+# needs (host, reflexive, relayed, per address family); more, or privileged ports, would let a client aim the
+# server's checks at hosts and services of its choosing (issue 17).
+MAX_CANDIDATES = 16
+MIN_CANDIDATE_PORT = 1024
+
+
+def _check_candidates(candidates: list) -> None:
+    import ipaddress
+
+    if len(candidates) > MAX_CANDIDATES:
+        raise OfferError(f"the offer lists {len(candidates)} ICE candidates; at most {MAX_CANDIDATES} are accepted")
+    for c in candidates:
+        if str(c.protocol).lower() != "udp":
+            continue  # aioice checks UDP candidates only (browsers list TCP "active" ones on port 9)
+        if not MIN_CANDIDATE_PORT <= int(c.port) <= 65535:
+            raise OfferError(f"ICE candidate port {c.port} refused (ports below {MIN_CANDIDATE_PORT} are not "
+                             "checked)")
+        try:
+            address = ipaddress.ip_address(c.ip)
+        except ValueError:
+            continue  # a hostname (mDNS .local): resolved by aioice, it cannot be aimed at a port list
+        if address.is_multicast or address.is_unspecified or (address.version == 4 and c.ip.endswith(".255")):
+            raise OfferError(f"ICE candidate address {c.ip} refused (not a unicast address)")

@@ -185,15 +185,9 @@ class SwapwatchServer:
         limit = self.config.server.max_upload_bytes
         if request.content_length is not None and request.content_length > limit + 64 * 1024:
             return _error(413, f"upload larger than {limit} bytes")
-        try:
-            reader = await request.multipart()
-        except (AssertionError, ValueError, KeyError):
-            return _error(400, "expected multipart/form-data with a field named 'file'")
-        part = await reader.next()
-        while part is not None and part.name != "file":
-            part = await reader.next()
-        if part is None:
-            return _error(400, "missing multipart field 'file'")
+        part = await self._file_part(request, "expected multipart/form-data with a field named 'file'")
+        if isinstance(part, web.Response):
+            return part
         ctype = part.headers.get("Content-Type", "")
         if ctype and ctype not in ALLOWED_UPLOAD_TYPES:
             return _error(415, f"unsupported type {ctype}; send a JPEG, PNG, WebP or BMP image")
@@ -284,15 +278,9 @@ class SwapwatchServer:
         """Stream the upload into a new temporary file (its path appended to ``held`` at once): (path, name),
         or an error response."""
         if request.content_type.startswith("multipart/"):
-            try:
-                reader = await request.multipart()
-                part = await reader.next()
-                while part is not None and part.name != "file":
-                    part = await reader.next()
-            except (AssertionError, ValueError, KeyError):
-                return _error(400, "malformed multipart/form-data upload")
-            if part is None:
-                return _error(400, "missing multipart field 'file'")
+            part = await self._file_part(request, "malformed multipart/form-data upload")
+            if isinstance(part, web.Response):
+                return part
             name, read = part.filename or "upload", part.read_chunk
         else:
             name, read = request.query.get("name") or "upload", request.content.read
@@ -314,6 +302,30 @@ class SwapwatchServer:
         if size == 0:
             return _error(400, f"{name}: the upload is empty")
         return Path(tmp), name
+
+    async def _file_part(self, request: web.Request, malformed: str):
+        """The multipart upload's ``file`` part, or an error response. Parts before it are read here, under a
+        small size limit (``max_form_field_bytes``) and the read timeout: a 300 MB text field is refused at its
+        limit, not read whole (aiohttp's reader would drain it to reach the next part)."""
+        sc = self.config.server
+        try:
+            reader = await request.multipart()
+            while True:
+                part = await reader.next()
+                if part is None:
+                    return _error(400, "missing multipart field 'file'")
+                if part.name == "file":
+                    return part
+                size = 0
+                async for chunk in _chunks(part.read_chunk, sc.upload_read_timeout):
+                    size += len(chunk)
+                    if size > sc.max_form_field_bytes:
+                        return _error(413, f"multipart field {_safe_name(part.name or '?')!r} larger than "
+                                           f"{sc.max_form_field_bytes} bytes (only 'file' may be large)")
+        except UploadStalled as exc:
+            return _error(408, str(exc))
+        except (AssertionError, ValueError, KeyError):
+            return _error(400, malformed)
 
     def _analyse_upload(self, path: Path, name: str, options: dict) -> dict:
         """On an analysis thread: probe (a non-video fails before any model runs), then detect."""

@@ -37,7 +37,7 @@ from swapwatch.stream.offer import OfferError, SessionSettings
 from swapwatch.stream.processing import FrameProcessor, Processed
 from swapwatch.stream.recorder import Recorder
 from swapwatch.stream.sources import SourceFace
-from swapwatch.stream.tracks import ProcessedTrack, Slot
+from swapwatch.stream.tracks import AdaptiveDeadline, ProcessedTrack, Slot
 from swapwatch.stream.worker import InferenceWorker, WorkerBusy
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,9 @@ class Session:
         self.last_frame_at = self._started
         self._frames_seen = False
         self.pc = RTCPeerConnection(configuration=rtc_config)
-        self.out = ProcessedTrack(stats, deadline=config.frame_deadline, capacity=config.out_queue,
+        deadline = AdaptiveDeadline(config.frame_deadline, min(config.frame_deadline_min, config.frame_deadline),
+                                    adaptive=config.adaptive_deadline)
+        self.out = ProcessedTrack(stats, deadline=deadline, capacity=config.out_queue,
                                   raw_allowed=lambda: self.settings.mode == "monitor",
                                   on_sent=recorder.write if recorder is not None else None)
         self._inputs: list[MediaStreamTrack] = []
@@ -163,7 +165,7 @@ class Session:
         else:
             result: Processed = future.result()
             self.stats.processed()
-            self.out.processed(result)
+            self.out.processed(result, self._loop.time() - slot.arrival)  # the deadline follows this latency
             self.stats.stage_times(result.timings)
             for event in result.events:
                 self.publish_alert(event)

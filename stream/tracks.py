@@ -2,7 +2,8 @@
 
 Every decoded input frame gets a slot, in order. ``recv()`` (called by aiortc's sender, one frame at a time)
 takes the oldest slot and waits for its processed frame until ``deadline`` seconds after the input frame
-arrived. What it sends:
+arrived. The deadline is adaptive (:class:`AdaptiveDeadline`): a margin over the session's recent processing
+latency, between a floor and the configured maximum. What it sends:
 
 * the slot's processed frame when it is ready in time;
 * otherwise a stand-in with the slot's timestamp: in swap/both mode the last processed frame again (or,
@@ -16,6 +17,7 @@ out as yuv420p at one fixed size, so aiortc's encoder is never rebuilt mid-strea
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +29,48 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from swapwatch.stream.metrics import SessionStats
 from swapwatch.stream.processing import Processed, output_size, to_yuv420p
+
+
+class AdaptiveDeadline:
+    """How long a slot waits for its processed frame, counted from the input frame's arrival.
+
+    ``observe(latency)`` takes one processed frame's latency in seconds: arrival of the decoded frame -> its
+    result on the event loop (the wait behind the session's frame in flight, the worker's queue and batch, the
+    processing), the very quantity the deadline is compared with. ``current()`` is::
+
+        clamp(factor x p<quantile> of the last ``window`` latencies + margin, minimum, maximum)
+
+    and ``maximum`` until ``warmup`` latencies have been seen, or always when not ``adaptive`` (a fixed
+    deadline). With the defaults (p90 of the last 50, x 1.5 + 10 ms): up to 5 slow frames in 50 (jitter: a
+    GC pause, a busy core) leave it where it is, and those frames alone go out as stand-ins; a lasting
+    slowdown raises it after 6 slow frames; a recovery lowers it once the slow frames have left the window.
+    The margin keeps ordinary jitter from turning into stand-ins, the floor keeps a very fast worker from
+    getting a deadline tighter than the event loop's own jitter, and the maximum keeps the added latency at
+    most what a fixed deadline gives."""
+
+    def __init__(self, maximum: float, minimum: float = 0.05, *, adaptive: bool = True, window: int = 50,
+                 warmup: int = 10, quantile: float = 0.9, factor: float = 1.5, margin: float = 0.01) -> None:
+        if not 0 < minimum <= maximum:
+            raise ValueError(f"need 0 < minimum <= maximum, got {minimum} and {maximum}")
+        if window < 1 or not 1 <= warmup <= window:
+            raise ValueError("need window >= 1 and 1 <= warmup <= window")
+        if not 0 < quantile <= 1 or factor < 1 or margin < 0:
+            raise ValueError("need 0 < quantile <= 1, factor >= 1 and margin >= 0")
+        self.maximum, self.minimum, self.adaptive = maximum, minimum, adaptive
+        self.warmup, self.quantile, self.factor, self.margin = warmup, quantile, factor, margin
+        self._latencies: deque[float] = deque(maxlen=window)
+        self._current = maximum
+
+    def observe(self, latency: float) -> None:
+        self._latencies.append(max(0.0, latency))
+        if not self.adaptive or len(self._latencies) < self.warmup:
+            return
+        data = sorted(self._latencies)
+        p = data[min(len(data) - 1, max(0, math.ceil(self.quantile * len(data)) - 1))]  # nearest rank
+        self._current = min(self.maximum, max(self.minimum, self.factor * p + self.margin))
+
+    def current(self) -> float:
+        return self._current
 
 
 @dataclass(eq=False)
@@ -46,12 +90,15 @@ class Slot:
 class ProcessedTrack(MediaStreamTrack):
     kind = "video"
 
-    def __init__(self, stats: SessionStats, *, deadline: float, capacity: int,
+    def __init__(self, stats: SessionStats, *, deadline: float | AdaptiveDeadline, capacity: int,
                  raw_allowed: Callable[[], bool],
                  on_sent: Callable[[np.ndarray, int, object], None] | None = None) -> None:
+        """``deadline``: an :class:`AdaptiveDeadline`, or seconds for a fixed one."""
         super().__init__()
         self.stats = stats
-        self.deadline = deadline
+        self.deadline = deadline if isinstance(deadline, AdaptiveDeadline) else \
+            AdaptiveDeadline(deadline, deadline, adaptive=False)
+        stats.deadline = self.deadline.current()
         self.capacity = capacity
         self.raw_allowed = raw_allowed
         self.on_sent = on_sent  # sees every frame sent, as yuv420p planes (the recorder)
@@ -82,9 +129,13 @@ class ProcessedTrack(MediaStreamTrack):
             self.stats.dropped()
         slot.resolve(None)
 
-    def processed(self, result: Processed) -> None:
-        """A frame finished processing (in time or late): the freshest stand-in from now on."""
+    def processed(self, result: Processed, latency: float | None = None) -> None:
+        """A frame finished processing (in time or late): the freshest stand-in from now on. ``latency``:
+        seconds from its arrival to now, which the deadline follows."""
         self._last = result.yuv
+        if latency is not None:
+            self.deadline.observe(latency)
+            self.stats.deadline = self.deadline.current()
 
     @property
     def waiting(self) -> int:
@@ -102,7 +153,8 @@ class ProcessedTrack(MediaStreamTrack):
             raise MediaStreamError
         slot = self._slots.popleft()
         loop = asyncio.get_running_loop()
-        remaining = slot.arrival + self.deadline - loop.time()
+        deadline = self.deadline.current()
+        remaining = slot.arrival + deadline - loop.time()
         if not slot.result.done() and remaining > 0:
             try:
                 await asyncio.wait_for(asyncio.shield(slot.result), remaining)
@@ -120,7 +172,7 @@ class ProcessedTrack(MediaStreamTrack):
             frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
             frame.pts, frame.time_base = slot.frame.pts, slot.frame.time_base
         now = loop.time()
-        self.stats.frame_out(now, now - slot.arrival, stand_in=stand_in)
+        self.stats.frame_out(now, now - slot.arrival, stand_in=stand_in, deadline=deadline)
         if self.on_sent is not None:
             self.on_sent(yuv if yuv is not None else frame.to_ndarray(format="yuv420p"), frame.pts, frame.time_base)
         return frame

@@ -42,6 +42,8 @@ class ServerConfig:
     # An upload (/sources, /detect) that sends nothing for this long is dropped with 408; /detect's analysis slot
     # is taken only once the whole upload has arrived.
     upload_read_timeout: float = 10.0
+    # Multipart fields other than `file` (the page sends none): read under this limit, 413 past it.
+    max_form_field_bytes: int = 64 * 1024
     # Access. No token: no auth asked. Allowed origins: checked on the websocket and /offer when set (a
     # browser always sends Origin; a request without one is a non-browser client and the token guards it).
     token: str | None = None
@@ -75,6 +77,13 @@ class ServerConfig:
     # sender waits on one frame's deadline, about frame_deadline x fps newer frames arrive: out_queue must
     # hold them (0.25 s at 30 fps is 7.5; 10 leaves a margin), or frames are dropped that were in time.
     frame_deadline: float = 0.25
+    # Adaptive deadline (issue 17, stream/tracks.py AdaptiveDeadline): each session's deadline follows its own
+    # processing latency (arrival -> result: 1.5 x its p90 over the last 50 frames + 10 ms), between
+    # frame_deadline_min and frame_deadline (the maximum, used until 10 frames are measured): a fast worker's
+    # late frames go out as stand-ins sooner, an overloaded one's are shed sooner. A floor above frame_deadline
+    # is frame_deadline. adaptive_deadline False: frame_deadline always.
+    frame_deadline_min: float = 0.05
+    adaptive_deadline: bool = True
     out_queue: int = 10
     # Worker: collect jobs for up to batch_window s (or until every live session has one in) and run the
     # swapper on all their faces at once, at most max_batch_faces per generate call.
@@ -113,6 +122,10 @@ class ServerConfig:
                 raise ValueError(f"{name} must be positive")
         if self.out_queue < 1 or self.max_batch_faces < 1 or self.batch_window < 0:
             raise ValueError("out_queue and max_batch_faces must be >= 1, batch_window >= 0")
+        if not self.frame_deadline_min > 0:
+            raise ValueError("frame_deadline_min must be positive")
+        if not isinstance(self.adaptive_deadline, bool):
+            raise ValueError(f"adaptive_deadline must be true or false, got {self.adaptive_deadline!r}")
         if self.device_path not in ("auto", "on", "off"):
             raise ValueError(f"device_path must be auto, on or off, got {self.device_path!r}")
         if self.token is not None and not self.token:

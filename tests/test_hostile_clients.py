@@ -208,3 +208,70 @@ def test_sixty_four_uploads_from_one_client_do_not_evict_another_clients_source(
                 await probe.close()
 
     asyncio.run(main())
+
+
+# ---- multipart fields other than the file (item 9) ---------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/sources", "/detect"])
+def test_a_huge_form_field_is_refused_at_its_limit_not_read_whole(detector, path):
+    """A chunked multipart body whose first field never ends: the server answers 413 once the field passes
+    max_form_field_bytes (64 KiB), while the client has sent only a few MB of an endless body."""
+
+    async def main():
+        server = SwapwatchServer(Config(), detector, ClassicSwapper())
+        async with TestServer(server.app(), host=HOSTILE) as ts:
+            reader, writer = await asyncio.open_connection(HOSTILE, ts.port)
+            boundary = "xXx"
+            writer.write((f"POST {path} HTTP/1.1\r\nHost: {HOSTILE}\r\nTransfer-Encoding: chunked\r\n"
+                          f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode())
+            head = f"--{boundary}\r\nContent-Disposition: form-data; name=\"junk\"\r\n\r\n".encode()
+            writer.write(b"%x\r\n%s\r\n" % (len(head), head))
+            block = b"j" * 65536
+            sent = 0
+            answer = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
+            while not answer.done() and sent < 64 * 2**20:  # at most 64 MB of a field that never ends
+                try:
+                    writer.write(b"%x\r\n%s\r\n" % (len(block), block))
+                    await asyncio.wait_for(writer.drain(), 5)
+                except (ConnectionError, asyncio.TimeoutError):
+                    break
+                sent += len(block)
+                await asyncio.sleep(0)
+            status_line = (await asyncio.wait_for(answer, 10)).split(b"\r\n")[0]
+            writer.close()
+            return status_line, sent
+
+    status_line, sent = asyncio.run(main())
+    assert b" 413 " in status_line, status_line
+    assert sent < 16 * 2**20, f"the server read {sent} bytes of one form field before refusing"
+
+
+# ---- ICE candidates an offer may aim the server's checks at (item 9) ----------------------------------------
+
+def test_offers_cannot_aim_the_servers_ice_checks_at_many_ports(detector):
+    async def main():
+        sdp = await half_open_offer()
+        lines = sdp.split("\r\n")
+        first = next(i for i, line in enumerate(lines) if line.startswith("a=candidate") and " udp " in line.lower())
+        fields = lines[first].split(" ")
+
+        def with_candidates(ports):
+            cands = [" ".join(fields[:5] + [str(p)] + fields[6:]) for p in ports]
+            return "\r\n".join(lines[:first] + cands + lines[first + 1:])
+
+        server = SwapwatchServer(Config(), detector, ClassicSwapper())
+        async with TestServer(server.app(), host=HOSTILE) as ts:
+            async with aiohttp.ClientSession(base_url=str(ts.make_url("/"))) as http:
+                out = {}
+                for name, body in (("100 ports", with_candidates(range(40000, 40100))),
+                                   ("port 22", with_candidates([22])), ("one port", with_candidates([40000]))):
+                    async with http.post("/offer", json={"sdp": body, "type": "offer", "mode": "monitor"}) as r:
+                        out[name] = (r.status, await r.json())
+                for session in list(server.sessions.values()):
+                    await session.close("test over")
+                return out, len(server.sessions)
+
+    out, left = asyncio.run(main())
+    assert out["100 ports"][0] == 400 and "at most 16" in out["100 ports"][1]["error"]
+    assert out["port 22"][0] == 400 and "port 22 refused" in out["port 22"][1]["error"]
+    assert out["one port"][0] == 200  # an ordinary offer still works
