@@ -24,6 +24,7 @@ import math
 import os
 import re
 import secrets
+import shutil
 import tempfile
 import threading
 import time
@@ -399,6 +400,12 @@ class SwapwatchServer:
         if offer.record and sc.record_dir is None:
             self.stats.reject("bad_offer")
             raise Refusal(400, "recording is not enabled on this server (start it with --record-dir)")
+        if offer.record and _free_bytes(sc.record_dir) < sc.record_min_free_bytes:
+            self.stats.reject("disk")
+            log.warning("offer to record refused: less than %d bytes free in the record folder",
+                        sc.record_min_free_bytes)
+            raise Refusal(503, "recording is not possible right now (the server's recording disk is full); "
+                               "try without recording", reason="disk", headers={"Retry-After": "60"})
         self._admission(client)
         self.pending.take(client)  # before the first await: concurrent offers see it
         try:
@@ -482,7 +489,9 @@ class SwapwatchServer:
         recorder = None
         if record:
             name = f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(4)}.mp4"
-            recorder = Recorder(Path(self.config.server.record_dir) / name)
+            sc = self.config.server
+            recorder = Recorder(Path(sc.record_dir) / name, max_seconds=sc.record_max_seconds,
+                                max_bytes=sc.record_max_bytes, min_free_bytes=sc.record_min_free_bytes)
         return Session(session_id, settings, source, processor=processor, worker=self.worker,
                        config=self.config.server, stats=SessionStats(self.stats),
                        rtc_config=self.rtc_configuration(), recorder=recorder, on_closed=self._closed,
@@ -601,6 +610,16 @@ async def _chunks(read: Callable[[int], Awaitable[bytes]], timeout: float,
         if not chunk:
             return
         yield chunk
+
+
+def _free_bytes(folder: str) -> int:
+    path = Path(folder)
+    while not path.exists() and path != path.parent:  # the folder is made on the first recording
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
 
 
 def _delete(path: Path) -> None:

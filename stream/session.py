@@ -57,6 +57,8 @@ class Session:
         self.config = config
         self.stats = stats
         self.recorder = recorder
+        if recorder is not None:  # a recording that ends at a limit says so on the websocket (from its thread)
+            recorder.on_stopped = self._recording_stopped
         self.created = time.time()
         self.close_reason: str | None = None
         self._processor: FrameProcessor | None = processor
@@ -220,6 +222,11 @@ class Session:
         """An alert message: counted for /metrics, then sent like any message."""
         self.stats.alert(str(event.get("kind")), str(event.get("event")))
         self.publish(event)
+
+    def _recording_stopped(self, reason: str) -> None:
+        frames = self.recorder.frames if self.recorder is not None else 0
+        self._loop.call_soon_threadsafe(self.publish, {"type": "recording", "event": "stopped", "reason": reason,
+                                                       "frames": frames})
 
     def hello(self) -> dict[str, Any]:
         return {"type": "hello", "session": self.id, **self.settings.to_json()}

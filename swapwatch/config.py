@@ -56,6 +56,12 @@ class ServerConfig:
     model: str = "auto"  # swap model for swap/both sessions (auto | classic | inswapper-128 | simswap-...)
     # Recording happens only when the server has a folder AND the client's offer asks (`record: true`).
     record_dir: str | None = None
+    # A recording ends (its file closed and playable; the session goes on, the websocket says why) at the first
+    # of record_max_seconds of video, record_max_bytes of file, less than record_min_free_bytes free on the disk;
+    # an offer asking to record when the disk already has less is refused (503).
+    record_max_seconds: float = 1800.0
+    record_max_bytes: int = 2 * 1024**3
+    record_min_free_bytes: int = 1024**3
     # Session liveness: no decoded frame for idle_timeout s closes it (the first within connect_timeout).
     idle_timeout: float = 5.0
     connect_timeout: float = 15.0

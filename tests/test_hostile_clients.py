@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from types import SimpleNamespace
 
 import aiohttp
@@ -275,3 +276,38 @@ def test_offers_cannot_aim_the_servers_ice_checks_at_many_ports(detector):
     assert out["100 ports"][0] == 400 and "at most 16" in out["100 ports"][1]["error"]
     assert out["port 22"][0] == 400 and "port 22 refused" in out["port 22"][1]["error"]
     assert out["one port"][0] == 200  # an ordinary offer still works
+
+
+# ---- recordings have a length and a disk limit (item 9) ----------------------------------------------------
+
+def test_a_recording_stops_at_its_length_limit_and_a_full_disk_refuses_recording(detector, face_photos, small_clip,
+                                                                                 tmp_path):
+    from test_webrtc import run_server, upload
+
+    photo = next(p for p in face_photos if p.name == "max_Chris.jpeg")
+
+    async def scenario(http, server):
+        source = await upload(http, photo)
+        probe = Probe(http, small_clip * 8, mode="swap", source=source, websocket=True, extra={"record": True})
+        await probe.start()
+        await wait_for(lambda: any(m.get("type") == "recording" for m in probe.messages), 30)
+        stopped = next(m for m in probe.messages if m.get("type") == "recording")
+        before = len(probe.received)
+        await asyncio.sleep(1.0)
+        assert len(probe.received) > before, "the session stopped with its recording"
+        await probe.close()
+        # A disk with less free space than record_min_free_bytes: an offer to record is refused up front.
+        server.config = Config(server=replace(server.config.server, record_min_free_bytes=1 << 62))
+        refused = Probe(http, small_clip, mode="swap", source=source, extra={"record": True})
+        with pytest.raises(RuntimeError, match="503"):
+            await refused.start()
+        await refused.close(abrupt=True)
+        await wait_for(lambda: not server.sessions, 5.0)
+        return stopped
+
+    stopped = run_server(detector, scenario, record_dir=str(tmp_path), record_max_seconds=1.0)
+    assert stopped["event"] == "stopped" and "length limit (1 s)" in stopped["reason"], stopped
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1
+    frames = decode_clip(files[0])
+    assert 10 <= len(frames) <= 40, len(frames)  # about 1 s at 25 fps, and the file is playable
