@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 # A frame with no face to swap shortly after one had a face is most likely a detector miss: repeat the last
 # swapped frame rather than show the unswapped face for a frame.
 MISS_HOLD_S = 0.5
+# The smallest frame a session processes: the watermark's grid (96x72 cells of the default pattern), so that no
+# swapped frame leaves without it. Below it the session sends a blank frame and says why (issue 17).
+MIN_FRAME = (96, 72)
+BLANK_GREY = 96
 
 
 @dataclass
@@ -56,6 +60,7 @@ class FramePlan:
     # prepared for the worker's device path: ``swap`` has the chosen faces and sources but no crops, and the
     # frame goes to the device (swapped and labelled there) unless finish would hold the last swapped frame
     device: bool = False
+    blank: bool = False  # below MIN_FRAME: nothing was processed, the frame is a blank placeholder
 
     @property
     def crops(self) -> np.ndarray | None:
@@ -78,11 +83,16 @@ class Processed:
     timings: dict[str, float]
     # websocket verdict messages: a face track's live verdict changed (news, not alerts: never counted as one)
     verdicts: list[dict[str, Any]] = field(default_factory=list)
+    # websocket notice messages: something about the stream the client should know (once per kind)
+    notices: list[dict[str, Any]] = field(default_factory=list)
 
 
-def output_size(width: int, height: int) -> tuple[int, int]:
-    """The fixed output size for a stream whose first frame is ``width`` x ``height``: yuv420p needs even
-    sides."""
+def output_size(width: int, height: int, max_pixels: int | None = None) -> tuple[int, int]:
+    """The fixed output size for a stream whose first frame is ``width`` x ``height``: at most ``max_pixels``
+    (scaled down, same aspect), and even sides for yuv420p."""
+    if max_pixels is not None and width * height > max_pixels:
+        scale = (max_pixels / (width * height)) ** 0.5
+        width, height = int(width * scale), int(height * scale)
     return max(2, width - width % 2), max(2, height - height % 2)
 
 
@@ -99,8 +109,12 @@ def default_monitor_factory() -> Any | None:
 class FrameProcessor:
     def __init__(self, detector: FaceDetector, swapper: Swapper, settings: SessionSettings,
                  source: SourceFace | None, *, tracking: TrackingConfig = TrackingConfig(),
-                 monitor_factory: Callable[[], Any | None] = default_monitor_factory) -> None:
+                 monitor_factory: Callable[[], Any | None] = default_monitor_factory,
+                 max_frame_pixels: int | None = None) -> None:
+        """``max_frame_pixels``: frames above it are scaled down to fit before anything else runs."""
         self.detector = detector
+        self.max_frame_pixels = max_frame_pixels
+        self._notices: list[dict[str, Any]] = []  # sent with the next processed frame
         self.swapper = swapper
         self.tracking = tracking
         self.monitor_factory = monitor_factory
@@ -165,9 +179,16 @@ class FrameProcessor:
         """``device``: for the worker's device path (faces chosen, no crops aligned here)."""
         clock = time.perf_counter
         t0 = clock()
-        image = frame.to_ndarray(format="bgr24")
         if self.size is None:
-            self.size = output_size(image.shape[1], image.shape[0])
+            self._first_frame(frame.width, frame.height)
+        w, h = self.size
+        if w < MIN_FRAME[0] or h < MIN_FRAME[1]:
+            return FramePlan(np.full((h, w, 3), BLANK_GREY, np.uint8), t, [], blank=True)
+        if self.max_frame_pixels is not None and frame.width * frame.height > self.max_frame_pixels:
+            # Scaled by swscale on the way to BGR: a 12 MP frame is never converted at full size.
+            image = frame.reformat(width=w, height=h, format="bgr24").to_ndarray()
+        else:
+            image = frame.to_ndarray(format="bgr24")
         if (image.shape[1], image.shape[0]) != self.size:  # the output size never changes (encoder rebuilds)
             image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
         t1 = clock()
@@ -183,6 +204,23 @@ class FrameProcessor:
             plan.timings["align"] = clock() - t2
         return plan
 
+    def _first_frame(self, width: int, height: int) -> None:
+        """Fix the session's output size from its first frame, and tell the client if it differs."""
+        self.size = w, h = output_size(width, height, self.max_frame_pixels)
+        if w < MIN_FRAME[0] or h < MIN_FRAME[1]:
+            self._notices.append({
+                "type": "notice", "code": "frame-too-small", "size": [width, height], "min": list(MIN_FRAME),
+                "message": f"the video is {width}x{height}, below the {MIN_FRAME[0]}x{MIN_FRAME[1]} a session needs "
+                           "(a smaller frame cannot carry the swap's watermark): blank frames are sent back"})
+            log.warning("session video %dx%d is below %dx%d: sending blank frames", width, height, *MIN_FRAME)
+        elif (w, h) != output_size(width, height):
+            self._notices.append({
+                "type": "notice", "code": "frame-downscaled", "size": [width, height], "to": [w, h],
+                "message": f"the video is {width}x{height}, above the server's {self.max_frame_pixels} pixels per "
+                           f"frame: it is processed and sent back at {w}x{h}"})
+            log.info("session video %dx%d is above %d pixels: processed at %dx%d", width, height,
+                     self.max_frame_pixels, w, h)
+
     def _holds(self, t: float) -> bool:
         """A frame at ``t`` with nothing swapped repeats the last swapped frame (a likely detector miss)."""
         return self._last_swap is not None and t - self._last_swap[0] <= MISS_HOLD_S
@@ -191,6 +229,9 @@ class FrameProcessor:
         """``device_frame``: the frame as the worker's device path returned it (swapped, badge and watermark
         on; its stage times already in ``plan.timings``), for a plan prepared with ``device=True``."""
         clock = time.perf_counter
+        notices, self._notices = self._notices, []
+        if plan.blank:
+            return Processed(to_yuv420p(plan.image), 0, 0, False, [], plan.timings, [], notices)
         out, held, swapped = plan.image, False, 0
         timings = plan.timings
         pipeline = self.pipeline
@@ -234,7 +275,7 @@ class FrameProcessor:
             if swapped:
                 self._last_swap = (plan.t, yuv)
         timings["output"] = clock() - t0
-        return Processed(yuv, len(plan.faces), swapped, held, events, timings, verdicts)
+        return Processed(yuv, len(plan.faces), swapped, held, events, timings, verdicts, notices)
 
 
 def to_yuv420p(image_bgr: np.ndarray) -> np.ndarray:

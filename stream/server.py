@@ -263,6 +263,8 @@ class SwapwatchServer:
             handed_over = True
             try:
                 report = await asyncio.shield(job)
+            except InputTooLarge as exc:
+                return _error(413, str(exc))
             except InputError as exc:
                 return _error(400, str(exc).replace(str(path), name))
             except ModelError as exc:
@@ -335,7 +337,11 @@ class SwapwatchServer:
 
         if is_image_file(path):
             raise InputError(f"{name}: is a still image, not a video")
-        probe_video(path)
+        info = probe_video(path)
+        limit = self.config.server.max_detect_pixels
+        if info.width * info.height > limit:  # from the header, before a frame is decoded
+            raise InputTooLarge(f"{name}: the video is {info.width}x{info.height}, above the server's {limit} pixels "
+                                "per frame; scale it down (e.g. to 1920x1080) and upload it again")
         deepfake, faces, model = self._offline_models()
         report = detect_video(path, detector=deepfake, face_detector=faces, model_path=model, name=name, **options)
         doc = report.to_json()
@@ -509,7 +515,7 @@ class SwapwatchServer:
 
     def _new_processor(self, settings: SessionSettings, source: SourceFace | None) -> FrameProcessor:
         return FrameProcessor(self.detector, self.swapper, settings, source, tracking=self.config.tracking,
-                              monitor_factory=self.monitor_factory)
+                              monitor_factory=self.monitor_factory, max_frame_pixels=self.config.server.max_frame_pixels)
 
     def _closed(self, session: Session) -> None:
         self._leave_pending(session)

@@ -171,8 +171,8 @@ class Session:
             self.stats.stage_times(result.timings)
             for event in result.events:
                 self.publish_alert(event)
-            for verdict in result.verdicts:  # news about a face, not an alert: sent, never counted in /metrics
-                self.publish(verdict)
+            for message in result.verdicts + result.notices:  # news, not alerts: sent, never counted in /metrics
+                self.publish(message)
             slot.resolve(result)
         pending, self._pending = self._pending, None
         if pending is not None:

@@ -37,6 +37,10 @@ class ServerConfig:
     max_source_side: int = 2048
     # Source photos in memory: at most max_sources in all and max_sources_per_client per client address; a new
     # upload evicts a source no session uses (the client's own first), never one in use (stream/sources.py).
+    # Live frames above max_frame_pixels are scaled down to fit (the session processes and sends that size;
+    # its websocket says so); /detect refuses videos above max_detect_pixels (413, from the header).
+    max_frame_pixels: int = 1920 * 1080
+    max_detect_pixels: int = 3840 * 2160
     max_sources: int = 64
     max_sources_per_client: int = 8
     # An upload (/sources, /detect) that sends nothing for this long is dropped with 408; /detect's analysis slot

@@ -311,3 +311,93 @@ def test_a_recording_stops_at_its_length_limit_and_a_full_disk_refuses_recording
     assert len(files) == 1
     frames = decode_clip(files[0])
     assert 10 <= len(frames) <= 40, len(frames)  # about 1 s at 25 fps, and the file is playable
+
+
+# ---- frame sizes: huge live frames, tiny live frames, huge /detect videos (items 1 and 8) ------------------
+
+def _frame(width: int, height: int):
+    import av
+
+    image = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    return av.VideoFrame.from_ndarray(image, format="bgr24")
+
+
+@pytest.mark.parametrize("mode", ["monitor", "swap"])
+def test_huge_live_frames_are_scaled_down_once_and_said_so(detector, face_photos, mode):
+    from swapwatch.stream.offer import SessionSettings
+    from swapwatch.stream.processing import FrameProcessor
+    from swapwatch.stream.sources import SourceStore
+
+    photo = cv2.imread(str(next(p for p in face_photos if p.name == "max_Chris.jpeg")))
+    source = SourceStore().add(photo, max(detector.detect(photo), key=lambda f: f.area)) if mode == "swap" else None
+    processor = FrameProcessor(detector, ClassicSwapper(), SessionSettings(mode=mode, source=source and source.id),
+                               source, max_frame_pixels=ServerConfig.max_frame_pixels)
+    results = [processor.finish(processor.prepare(_frame(4000, 3000), t / 25)) for t in range(3)]
+    height, width = results[0].yuv.shape[0] * 2 // 3, results[0].yuv.shape[1]
+    assert width * height <= ServerConfig.max_frame_pixels and abs(width / height - 4 / 3) < 0.01, (width, height)
+    notices = [n for r in results for n in r.notices]
+    assert [n["code"] for n in notices] == ["frame-downscaled"] and notices[0]["to"] == [width, height]
+
+
+@pytest.mark.parametrize("size", [(2, 2), (64, 48), (95, 72)])
+def test_tiny_frames_get_a_blank_frame_and_one_notice_instead_of_an_unlabelled_swap(detector, face_photos, size):
+    from swapwatch.stream.offer import SessionSettings
+    from swapwatch.stream.processing import BLANK_GREY, FrameProcessor
+    from swapwatch.stream.sources import SourceStore
+
+    photo = cv2.imread(str(next(p for p in face_photos if p.name == "max_Chris.jpeg")))
+    source = SourceStore().add(photo, max(detector.detect(photo), key=lambda f: f.area))
+    processor = FrameProcessor(detector, ClassicSwapper(), SessionSettings(mode="both", source=source.id), source)
+    results = [processor.finish(processor.prepare(_frame(*size), t / 25)) for t in range(5)]
+    notices = [n for r in results for n in r.notices]
+    assert [n["code"] for n in notices] == ["frame-too-small"] and "below the 96x72" in notices[0]["message"]
+    w, h = max(2, size[0] - size[0] % 2), max(2, size[1] - size[1] % 2)
+    for r in results:
+        assert r.yuv.shape == (h * 3 // 2, w) and r.swapped == 0
+        luma = r.yuv[:h].astype(int)
+        assert luma.min() == luma.max() and abs(luma[0, 0] - (16 + BLANK_GREY * 219 / 255)) <= 1  # flat grey
+
+
+def test_tiny_frames_over_webrtc_come_back_blank_with_a_notice(detector, face_photos, small_clip):
+    from test_webrtc import run_server, upload
+
+    tiny = [cv2.resize(f, (64, 48), interpolation=cv2.INTER_AREA) for f in small_clip] * 3
+    photo = next(p for p in face_photos if p.name == "max_Chris.jpeg")
+
+    async def scenario(http, server):
+        source = await upload(http, photo)
+        probe = Probe(http, tiny, mode="swap", source=source, websocket=True, keep_images=True)
+        await probe.start()
+        report = await probe.run(tail=0.5)
+        await wait_for(lambda: any(m.get("type") == "notice" for m in probe.messages), 5)
+        await probe.close()
+        return probe, report, server.stats.counters.errors
+
+    probe, report, errors = run_server(detector, scenario)
+    notice = next(m for m in probe.messages if m.get("type") == "notice")
+    assert notice["code"] == "frame-too-small" and notice["size"] == [64, 48]
+    assert report.received >= 5 and errors == 0
+    assert all(r.image.std() < 12 for r in probe.received)  # blank (grey, the codec's noise aside), never a swap
+
+
+def test_detect_refuses_a_video_above_its_pixel_limit_from_the_header(detector, tmp_path):
+    import av
+
+    path = tmp_path / "huge.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 4000, 3000, "yuv420p"
+        for _ in range(2):
+            out.mux(stream.encode(_frame(4000, 3000).reformat(format="yuv420p")))
+        out.mux(stream.encode())
+
+    async def main():
+        server = SwapwatchServer(Config(), detector, ClassicSwapper())
+        async with TestServer(server.app(), host=HOSTILE) as ts:
+            async with aiohttp.ClientSession(base_url=str(ts.make_url("/"))) as http:
+                async with http.post("/detect?name=huge.mp4", data=path.read_bytes()) as r:
+                    return r.status, await r.json(), server._offline
+
+    status, body, offline = asyncio.run(main())
+    assert status == 413 and "4000x3000" in body["error"], body
+    assert offline is None  # refused before any model was loaded
