@@ -14,14 +14,18 @@ rewrites Host, name the public origin with ``--allowed-origin``.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+
+log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/"})
 PUBLIC_PAGES = frozenset({"/detect"})  # public for GET only (the page); POST /detect is an upload
@@ -104,3 +108,58 @@ _TOKEN_QUERY = re.compile(r"([?&]token=)[^&]*")
 def redact_path(path_qs: str) -> str:
     """``/ws/abcdef123...?token=s3cret`` -> ``/ws/abcdef…?token=***``."""
     return _TOKEN_QUERY.sub(r"\1***", _SESSION_PATH.sub(r"/\1/\2…", path_qs))
+
+
+class HeaderDeadline:
+    """Closes connections that go ``timeout`` seconds without a request in progress: a new connection that has
+    not sent a complete request head by then, or a kept-alive one that has not started its next request (issue
+    17: a client dribbling header bytes held its connection forever; aiohttp has no header timeout).
+
+    The middleware counts each connection's requests in progress (a request reaches it once its head is
+    complete); a sweep over the server's connections every ``interval`` s closes those idle for longer than
+    ``timeout``. Slow bodies are the upload read timeout's. Public aiohttp API only: ``request.protocol``,
+    ``Server.connections``, ``RequestHandler.force_close``."""
+
+    def __init__(self, timeout: float, *, interval: float = 0.5) -> None:
+        self.timeout = timeout
+        self.interval = interval
+        self.closed = 0  # connections closed for want of a request head
+        self._busy: dict[int, tuple[object, int]] = {}  # id -> (connection, requests in progress)
+        self._idle: dict[int, tuple[object, float]] = {}  # id -> (connection, idle since)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler):
+        protocol = request.protocol
+        key = id(protocol)
+        self._busy[key] = (protocol, self._busy.get(key, (protocol, 0))[1] + 1)
+        self._idle.pop(key, None)
+        try:
+            return await handler(request)
+        finally:
+            count = self._busy.get(key, (protocol, 1))[1] - 1
+            if count > 0:
+                self._busy[key] = (protocol, count)
+            else:
+                self._busy.pop(key, None)
+                self._idle[key] = (protocol, time.monotonic())  # waiting for the next head from now
+
+    def watch(self, server: web.Server) -> asyncio.Task:
+        """Start sweeping ``server``'s connections (cancel the task to stop)."""
+        return asyncio.ensure_future(self._sweep(server))
+
+    async def _sweep(self, server: web.Server) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            now = time.monotonic()
+            live = {id(c): c for c in server.connections}
+            self._busy = {k: v for k, v in self._busy.items() if live.get(k) is v[0]}
+            self._idle = {k: v for k, v in self._idle.items() if live.get(k) is v[0]}
+            for key, connection in live.items():
+                if key in self._busy:
+                    continue
+                _, since = self._idle.setdefault(key, (connection, now))
+                if now - since > self.timeout:
+                    connection.force_close()
+                    self._idle.pop(key, None)
+                    self.closed += 1
+                    log.info("closed a connection with no request in progress for %g s", self.timeout)

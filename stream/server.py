@@ -52,7 +52,7 @@ from swapwatch.stream.metrics import (PROMETHEUS_CONTENT_TYPE, PrometheusText, S
 from swapwatch.stream.offer import OfferError, OfferRequest, SessionSettings
 from swapwatch.stream.processing import FrameProcessor, default_monitor_factory
 from swapwatch.stream.recorder import Recorder
-from swapwatch.stream.security import AccessPolicy
+from swapwatch.stream.security import AccessPolicy, HeaderDeadline
 from swapwatch.stream.session import Session
 from swapwatch.stream.sources import SourceFace, SourceQuotaExceeded, SourceStore
 from swapwatch.stream.worker import InferenceWorker
@@ -80,6 +80,7 @@ class SwapwatchServer:
         self.sources = SourceStore(sc.max_sources, sc.max_sources_per_client, in_use=self._sources_in_use)
         self.stats = ServerStats()
         self.access = AccessPolicy(sc.token, sc.allowed_origins)
+        self.header_deadline = HeaderDeadline(sc.header_timeout)  # watched by whoever runs the app (serve)
         self.worker = InferenceWorker(self.stats, batch_window=sc.batch_window, max_batch_faces=sc.max_batch_faces,
                                       queue_size=max(16, 4 * sc.max_sessions), device_path=sc.device_path)
         self.sessions: dict[str, Session] = {}  # every live session, pending or connected
@@ -94,7 +95,7 @@ class SwapwatchServer:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.server.max_upload_bytes + 64 * 1024,
-                              middlewares=[self.access.middleware(self._refused)])
+                              middlewares=[self.header_deadline.middleware, self.access.middleware(self._refused)])
         app.router.add_get("/", self.index)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)

@@ -46,6 +46,9 @@ class ServerConfig:
     # An upload (/sources, /detect) that sends nothing for this long is dropped with 408; /detect's analysis slot
     # is taken only once the whole upload has arrived.
     upload_read_timeout: float = 10.0
+    # A connection with no request in progress for header_timeout s is closed: one that has not sent a complete
+    # request head since it opened (slow-header clients), or a kept-alive one that has not started another.
+    header_timeout: float = 10.0
     # Multipart fields other than `file` (the page sends none): read under this limit, 413 past it.
     max_form_field_bytes: int = 64 * 1024
     # Access. No token: no auth asked. Allowed origins: checked on the websocket and /offer when set (a
@@ -82,10 +85,10 @@ class ServerConfig:
     max_pending: int | None = None
     pending_timeout: float = 5.0
     close_on_websocket_close: bool = False  # by default the media, not the websocket, keeps a session
-    # Frame loop: an input frame not processed within frame_deadline s is answered by repeating the last
-    # processed frame; at most out_queue frames wait for the sender (older ones are dropped). While the
-    # sender waits on one frame's deadline, about frame_deadline x fps newer frames arrive: out_queue must
-    # hold them (0.25 s at 30 fps is 7.5; 10 leaves a margin), or frames are dropped that were in time.
+    # Frame loop: an input frame not processed within its deadline (at most frame_deadline s; adaptive below) is
+    # answered by repeating the last processed frame; at most out_queue frames wait for the sender (older ones
+    # are dropped). While the sender waits on one frame's deadline, about frame_deadline x fps newer frames
+    # arrive: out_queue must hold them (0.25 s at 30 fps is 7.5; 10 leaves a margin), or frames are dropped that were in time.
     frame_deadline: float = 0.25
     # Adaptive deadline (issue 17, stream/tracks.py AdaptiveDeadline): each session's deadline follows its own
     # processing latency (arrival -> result: 1.5 x its p90 over the last 50 frames + 10 ms), between
@@ -127,7 +130,7 @@ class ServerConfig:
         if self.max_pending_per_client < 1 or (self.max_pending is not None and self.max_pending < 1):
             raise ValueError("max_pending_per_client and max_pending must be at least 1")
         for name in ("idle_timeout", "connect_timeout", "pending_timeout", "frame_deadline", "metrics_interval",
-                     "heartbeat_interval", "upload_read_timeout"):
+                     "heartbeat_interval", "upload_read_timeout", "header_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.out_queue < 1 or self.max_batch_faces < 1 or self.batch_window < 0:

@@ -401,3 +401,62 @@ def test_detect_refuses_a_video_above_its_pixel_limit_from_the_header(detector, 
     status, body, offline = asyncio.run(main())
     assert status == 413 and "4000x3000" in body["error"], body
     assert offline is None  # refused before any model was loaded
+
+
+# ---- slow request heads (item 9) ---------------------------------------------------------------------------
+
+async def _dribble_head(host: str, port: int, seconds: float) -> tuple[float, bytes]:
+    """Open a connection and send a request head one byte every 0.2 s; (seconds until the server closed it,
+    what it sent back)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    head = f"GET /health HTTP/1.1\r\nHost: {host}\r\nX-Padding: " + "a" * 400
+    started = time.monotonic()
+    got = b""
+    try:
+        for ch in head:
+            writer.write(ch.encode())
+            await writer.drain()
+            try:
+                got += await asyncio.wait_for(reader.read(1024), 0.2)
+            except asyncio.TimeoutError:
+                pass
+            else:
+                if reader.at_eof():
+                    break
+            if time.monotonic() - started > seconds:
+                break
+    except ConnectionError:
+        pass
+    closed = time.monotonic() - started
+    writer.close()
+    return closed, got
+
+
+def test_a_client_dribbling_its_request_head_is_cut_off_and_others_are_served(detector):
+    async def main():
+        config = Config(server=ServerConfig(header_timeout=2.0))
+        server = SwapwatchServer(config, detector, ClassicSwapper())
+        async with TestServer(server.app(), host=HOSTILE) as ts:
+            sweep = server.header_deadline.watch(ts.runner.server)
+            dribbler = asyncio.ensure_future(_dribble_head(HOSTILE, ts.port, 30.0))
+            async with aiohttp.ClientSession(base_url=str(ts.make_url("/"))) as http:
+                await asyncio.sleep(0.5)
+                async with http.get("/health") as r:  # served while the dribbler dribbles
+                    assert r.status == 200
+            closed, got = await dribbler
+            sweep.cancel()
+            return closed, got, server.header_deadline.closed
+
+    closed, got, count = asyncio.run(main())
+    assert closed < 6.0, f"the dribbling connection lived {closed:.1f} s (header_timeout 2 s)"
+    assert got == b"" and count >= 1
+
+
+def test_serve_cuts_off_slow_request_heads(tmp_path):
+    from browser_util import ServerProcess
+
+    with ServerProcess("--model", "classic", "--deepfake-model", "off", "--header-timeout", "2",
+                       log_path=tmp_path / "server.log") as server:
+        closed, _ = asyncio.run(_dribble_head("127.0.0.1", server.port, 30.0))
+        assert server.health()["status"] == "ok"
+    assert closed < 6.0, f"the dribbling connection lived {closed:.1f} s"

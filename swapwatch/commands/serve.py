@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 
 from swapwatch.commands.options import add_deepfake_options, deepfake_config
@@ -52,6 +53,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--record-dir", default=None, metavar="DIR",
                    help="allow sessions that ask for it (record: true in the offer) to be recorded here; "
                         "without it nothing a user streams is written to disk")
+    p.add_argument("--header-timeout", type=float, default=ServerConfig.header_timeout, metavar="S",
+                   help="close a connection with no request in progress for S seconds: one still sending its "
+                        f"request head, or an idle kept-alive one (default: {ServerConfig.header_timeout:g})")
     p.add_argument("--idle-timeout", type=float, default=ServerConfig.idle_timeout, metavar="S",
                    help=f"close a session after S seconds without frames (default: {ServerConfig.idle_timeout:g})")
     add_deepfake_options(p)
@@ -71,11 +75,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 
 def run(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from swapwatch.config import ClusterConfig, Config, DetectorConfig, ServerConfig, TrackingConfig
     from swapwatch.errors import InputError
-    from swapwatch.stream.security import RedactedAccessLogger
 
     try:
         server_config = ServerConfig(
@@ -83,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
             max_pending_per_client=args.max_pending_per_client, pending_timeout=args.pending_timeout,
             allowed_origins=tuple(args.allowed_origins), ice_servers=tuple(args.ice_servers),
             ice_username=args.ice_username, ice_credential=args.ice_credential, model=args.model,
-            record_dir=args.record_dir, idle_timeout=args.idle_timeout, device_path=args.device_path)
+            record_dir=args.record_dir, idle_timeout=args.idle_timeout, device_path=args.device_path,
+            header_timeout=args.header_timeout)
         tracking = TrackingConfig(detect_every=args.detect_every)
         cluster = ClusterConfig(address=args.ray, sessions_per_host=args.sessions_per_host,
                                 local_hosts=args.local_hosts)
@@ -99,15 +101,42 @@ def run(args: argparse.Namespace) -> int:
         server, connection = _cluster_server(config)
     else:
         server = _single_host_server(config)
-    print(f"swapwatch serving on http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
     try:
-        web.run_app(server.app(), host=args.host, port=args.port, print=None,
-                    access_log_class=RedactedAccessLogger)
+        asyncio.run(_serve(server, args.host, args.port))
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        pass
     finally:
         if connection is not None and connection.started_local:
             connection.shutdown()
     log.info("swapwatch stopped")
     return 0
+
+
+async def _serve(server, host: str, port: int) -> None:
+    """aiohttp's run_app, plus what it lacks: the header deadline's sweep over the live connections."""
+    import signal
+
+    from aiohttp import web
+
+    from swapwatch.stream.security import RedactedAccessLogger
+
+    runner = web.AppRunner(server.app(), access_log_class=RedactedAccessLogger,
+                           keepalive_timeout=server.config.server.header_timeout)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    sweep = None
+    try:
+        await web.TCPSite(runner, host, port).start()
+        sweep = server.header_deadline.watch(runner.server)
+        print(f"swapwatch serving on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+        await stop.wait()
+    finally:
+        if sweep is not None:
+            sweep.cancel()
+        await runner.cleanup()
 
 
 def _single_host_server(config):
