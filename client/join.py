@@ -347,10 +347,10 @@ class JoinClient:
 
         base = urlsplit(self._base)
         scheme = "wss" if base.scheme == "https" else "ws"
-        query = f"token={self.config.token}" if self.config.token else ""
-        url = urlunsplit((scheme, base.netloc, f"{base.path}/ws/{session}", query, ""))
-        try:
-            async with http.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=2.0)) as ws:
+        url = urlunsplit((scheme, base.netloc, f"{base.path}/ws/{session}", "", ""))
+        try:  # the token in the Authorization header, as on every request: never in the URL
+            async with http.ws_connect(url, headers=self._headers,
+                                       timeout=aiohttp.ClientWSTimeout(ws_close=2.0)) as ws:
                 beat = asyncio.ensure_future(self._heartbeat(ws))
                 try:
                     async for msg in ws:

@@ -1,7 +1,9 @@
 """Access checks: the bearer token (PROTOCOL.md) and the Origin allow-list.
 
 The token is compared in constant time. Browsers cannot set headers on a websocket, so ``/ws/...`` also
-takes ``?token=``. The pages themselves (``GET /`` and ``GET /detect``) are public static content: the
+takes ``?ticket=``: a single-use ticket valid 30 s for that session, from ``POST /sessions/{id}/ticket`` with
+the bearer header, so that the token never travels in a URL (``?token=`` is still accepted there, for older
+clients; the access log masks it). The pages themselves (``GET /`` and ``GET /detect``) are public static content: the
 browser must be able to load them before it knows any token.
 
 The Origin check protects against cross-site websocket hijacking and cross-site offers, uploads and deletes:
@@ -18,6 +20,7 @@ import asyncio
 import hmac
 import logging
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
@@ -32,10 +35,31 @@ PUBLIC_PAGES = frozenset({"/detect"})  # public for GET only (the page); POST /d
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # change nothing: no Origin check (websockets aside)
 
 
+TICKET_SECONDS = 30.0
+
+
 class AccessPolicy:
     def __init__(self, token: str | None = None, allowed_origins: tuple[str, ...] = ()) -> None:
         self.token = token
         self.allowed_origins = frozenset(o.rstrip("/") for o in allowed_origins)
+        self._tickets: dict[str, tuple[str, float]] = {}  # ticket -> (session id, expiry)
+
+    def issue_ticket(self, session_id: str) -> str:
+        """A websocket ticket for ``session_id``: single use, valid TICKET_SECONDS. Browsers cannot set headers
+        on a websocket; a ticket in its URL, got with the bearer header, keeps the token itself out of URLs
+        (and out of any log that records them)."""
+        now = time.monotonic()
+        self._tickets = {t: v for t, v in self._tickets.items() if v[1] > now}  # expired ones go
+        ticket = secrets.token_urlsafe(16)
+        self._tickets[ticket] = (session_id, now + TICKET_SECONDS)
+        return ticket
+
+    def ticket_ok(self, request: web.Request) -> bool:
+        """The websocket request carries an unused, unexpired ticket issued for the session in its path."""
+        ticket = request.query.get("ticket")
+        entry = self._tickets.pop(ticket, None) if ticket else None
+        return (entry is not None and entry[1] > time.monotonic()
+                and request.path == f"/ws/{entry[0]}")
 
     def token_ok(self, request: web.Request, *, allow_query: bool = False) -> bool:
         if self.token is None:
@@ -72,7 +96,7 @@ class AccessPolicy:
             page = request.method in ("GET", "HEAD") and request.path in PUBLIC_PAGES
             websocket = request.path.startswith("/ws/")
             if request.path not in PUBLIC_PATHS and not page:
-                if not self.token_ok(request, allow_query=websocket):
+                if not (self.token_ok(request, allow_query=websocket) or (websocket and self.ticket_ok(request))):
                     if on_refused is not None:
                         on_refused(request, "auth")
                     return web.json_response({"error": "missing or wrong token (Authorization: Bearer TOKEN)"},
@@ -102,7 +126,7 @@ class RedactedAccessLogger(AbstractAccessLogger):
 
 
 _SESSION_PATH = re.compile(r"^/(ws|sessions)/([^/?]{6})[^/?]*")
-_TOKEN_QUERY = re.compile(r"([?&]token=)[^&]*")
+_TOKEN_QUERY = re.compile(r"([?&](?:token|ticket)=)[^&]*")
 
 
 def redact_path(path_qs: str) -> str:

@@ -104,6 +104,7 @@ class SwapwatchServer:
         app.router.add_get("/detect", self.detect_page)
         app.router.add_post("/detect", self.detect)
         app.router.add_delete("/sessions/{session}", self.delete_session)
+        app.router.add_post("/sessions/{session}/ticket", self.websocket_ticket)
         app.router.add_get("/ws/{session}", self.websocket)
         app.on_startup.append(self._startup)
         app.on_shutdown.append(self._shutdown)
@@ -530,6 +531,15 @@ class SwapwatchServer:
             return _error(404, "no such session")
         await session.close("deleted by client")
         return web.json_response({"closed": session.id})
+
+    async def websocket_ticket(self, request: web.Request) -> web.Response:
+        """A single-use websocket ticket for the session (the request itself needs the token, if any)."""
+        session_id = request.match_info["session"]
+        if session_id not in self.sessions:
+            return _error(404, "no such session")
+        from swapwatch.stream.security import TICKET_SECONDS
+
+        return web.json_response({"ticket": self.access.issue_ticket(session_id), "expires_in": TICKET_SECONDS})
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         session = self.sessions.get(request.match_info["session"])

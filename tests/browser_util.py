@@ -420,12 +420,16 @@ class StubServer:
         self.sockets: dict[str, set] = {}
         self.controls: list[dict] = []
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Authorization header)
+        self.tickets: dict[str, str] = {}  # websocket ticket -> session id
         self._runner = None
         self.port = 0
 
     def _authorised(self, request) -> bool:
         if not self.token:
             return True
+        ticket = request.query.get("ticket")
+        if ticket is not None and request.path.startswith("/ws/"):  # single use, for that session (PROTOCOL.md)
+            return self.tickets.pop(ticket, None) == request.match_info.get("id")
         return (request.headers.get("Authorization") == f"Bearer {self.token}"
                 or request.query.get("token") == self.token)
 
@@ -451,8 +455,20 @@ class StubServer:
         app.router.add_post("/sources", self._sources)
         app.router.add_post("/offer", self._offer)
         app.router.add_delete("/sessions/{id}", self._delete)
+        app.router.add_post("/sessions/{id}/ticket", self._ticket)
         app.router.add_get("/ws/{id}", self._ws)
         return app
+
+    async def _ticket(self, request):
+        import secrets
+
+        from aiohttp import web
+
+        if request.match_info["id"] not in self.sessions:
+            return web.json_response({"error": "unknown session"}, status=404)
+        ticket = secrets.token_urlsafe(16)
+        self.tickets[ticket] = request.match_info["id"]
+        return web.json_response({"ticket": ticket, "expires_in": 30})
 
     async def _sources(self, request):
         import secrets

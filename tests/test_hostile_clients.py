@@ -460,3 +460,53 @@ def test_serve_cuts_off_slow_request_heads(tmp_path):
         closed, _ = asyncio.run(_dribble_head("127.0.0.1", server.port, 30.0))
         assert server.health()["status"] == "ok"
     assert closed < 6.0, f"the dribbling connection lived {closed:.1f} s"
+
+
+# ---- websocket tickets: the token never in a URL (item 4) --------------------------------------------------
+
+def test_websocket_tickets_are_single_use_bound_to_their_session_and_short_lived(detector, small_clip, monkeypatch):
+    from swapwatch.stream import security
+
+    token = "t0ken-for-tickets"
+
+    async def main():
+        server = SwapwatchServer(Config(server=ServerConfig(token=token)), detector, ClassicSwapper())
+        bearer = {"Authorization": f"Bearer {token}"}
+        async with TestServer(server.app(), host=HOSTILE) as ts:
+            async with aiohttp.ClientSession(base_url=str(ts.make_url("/"))) as http:
+                probes = [Probe(http, small_clip * 20, mode="monitor", token=token) for _ in range(2)]
+                for p in probes:
+                    await p.start()
+                a, b = (p.session for p in probes)
+
+                async def ticket(session: str, headers=bearer) -> tuple[int, dict]:
+                    async with http.post(f"/sessions/{session}/ticket", headers=headers) as r:
+                        return r.status, await r.json()
+
+                async def ws_status(path: str) -> int:
+                    try:
+                        async with http.ws_connect(path) as ws:
+                            hello = await ws.receive_json(timeout=5)
+                            return 101 if hello["type"] == "hello" else 0
+                    except aiohttp.WSServerHandshakeError as exc:
+                        return exc.status
+
+                out = {"no token": (await ticket(a, headers={}))[0], "unknown session": (await ticket("nope"))[0]}
+                _, t1 = await ticket(a)
+                assert t1["expires_in"] == security.TICKET_SECONDS
+                out["ticket"] = await ws_status(f"/ws/{a}?ticket={t1['ticket']}")
+                out["ticket again"] = await ws_status(f"/ws/{a}?ticket={t1['ticket']}")
+                _, t2 = await ticket(a)
+                out["another session's ticket"] = await ws_status(f"/ws/{b}?ticket={t2['ticket']}")
+                out["no ticket"] = await ws_status(f"/ws/{a}")
+                monkeypatch.setattr(security, "TICKET_SECONDS", 0.2)
+                _, t3 = await ticket(a)
+                await asyncio.sleep(0.4)
+                out["expired"] = await ws_status(f"/ws/{a}?ticket={t3['ticket']}")
+                for p in probes:
+                    await p.close()
+                return out
+
+    out = asyncio.run(main())
+    assert out == {"no token": 401, "unknown session": 404, "ticket": 101, "ticket again": 401,
+                   "another session's ticket": 401, "no ticket": 401, "expired": 401}, out
