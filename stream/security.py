@@ -125,13 +125,35 @@ class RedactedAccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
 
-_SESSION_PATH = re.compile(r"^/(ws|sessions)/([^/?]{6})[^/?]*")
-_TOKEN_QUERY = re.compile(r"([?&](?:token|ticket)=)[^&]*")
-
-
 def redact_path(path_qs: str) -> str:
     """``/ws/abcdef123...?token=s3cret`` -> ``/ws/abcdef…?token=***``."""
-    return _TOKEN_QUERY.sub(r"\1***", _SESSION_PATH.sub(r"/\1/\2…", path_qs))
+    return redact_line(path_qs)
+
+
+_SECRET_IN_LINE = re.compile(r"(/(?:ws|sessions)/)([^/?\s\"]{6})[^/?\s\"]*|([?&](?:token|ticket)=)[^&\s\"]*")
+
+
+def redact_line(line: str) -> str:
+    """Any session id cut to 6 characters and any token or ticket masked, wherever they sit in a log line."""
+    return _SECRET_IN_LINE.sub(lambda m: f"{m[1]}{m[2]}…" if m[1] else f"{m[3]}***", line)
+
+
+class RedactingFilter(logging.Filter):
+    """On aiohttp's access logger, whatever runs the app (serve's runner, a test server, another host):
+    the formatted line is redacted before any handler sees it. Installed once by the server."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        line = record.getMessage()
+        redacted = redact_line(line)
+        if redacted != line:
+            record.msg, record.args = redacted, None
+        return True
+
+    @classmethod
+    def install(cls, logger_name: str = "aiohttp.access") -> None:
+        logger = logging.getLogger(logger_name)
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls())
 
 
 class HeaderDeadline:

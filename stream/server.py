@@ -52,7 +52,7 @@ from swapwatch.stream.metrics import (PROMETHEUS_CONTENT_TYPE, PrometheusText, S
 from swapwatch.stream.offer import OfferError, OfferRequest, SessionSettings
 from swapwatch.stream.processing import FrameProcessor, default_monitor_factory
 from swapwatch.stream.recorder import Recorder
-from swapwatch.stream.security import AccessPolicy, HeaderDeadline
+from swapwatch.stream.security import AccessPolicy, HeaderDeadline, RedactingFilter
 from swapwatch.stream.session import Session
 from swapwatch.stream.sources import SourceFace, SourceQuotaExceeded, SourceStore
 from swapwatch.stream.worker import InferenceWorker
@@ -81,6 +81,7 @@ class SwapwatchServer:
         self.stats = ServerStats()
         self.access = AccessPolicy(sc.token, sc.allowed_origins)
         self.header_deadline = HeaderDeadline(sc.header_timeout)  # watched by whoever runs the app (serve)
+        RedactingFilter.install()  # no session id or token in the access log, whoever runs the app
         self.worker = InferenceWorker(self.stats, batch_window=sc.batch_window, max_batch_faces=sc.max_batch_faces,
                                       queue_size=max(16, 4 * sc.max_sessions), device_path=sc.device_path)
         self.sessions: dict[str, Session] = {}  # every live session, pending or connected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import zipfile
 from pathlib import Path
@@ -81,3 +82,54 @@ def isolated_model_cache(tmp_path_factory, monkeypatch):
     mirror = [str(SHARED_ASSETS / "models"), str(WHEEL_DIR)]
     monkeypatch.setenv("SWAPWATCH_MODEL_MIRROR", os.pathsep.join(mirror))
     yield home
+
+
+class _SecretWatch(logging.Handler):
+    """Every log record of the run from swapwatch's and aiohttp's loggers (INFO and up), and every token and
+    session id the in-process servers were given or made: at the end of the run no record may contain one
+    (issue 17: "grep of a full test run's server logs finds no token and no full session id"). Servers run as
+    subprocesses are checked by their own tests (test_server.py's access-log test)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+        self.secrets: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.messages.append(record.getMessage())
+        except Exception:  # a record that cannot format is not a secret leak
+            pass
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secrets_in_logs():
+    from swapwatch.stream import security, session
+
+    watch = _SecretWatch()
+    loggers = [logging.getLogger(name) for name in ("swapwatch", "aiohttp")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(watch)
+        lg.setLevel(min(lg.level or logging.INFO, logging.INFO))
+    policy_init, session_init = security.AccessPolicy.__init__, session.Session.__init__
+
+    def record_policy(self, token=None, *args, **kwargs):
+        if token:
+            watch.secrets.add(token)
+        policy_init(self, token, *args, **kwargs)
+
+    def record_session(self, session_id, *args, **kwargs):
+        watch.secrets.add(session_id)
+        session_init(self, session_id, *args, **kwargs)
+
+    security.AccessPolicy.__init__, session.Session.__init__ = record_policy, record_session
+    try:
+        yield watch
+    finally:
+        security.AccessPolicy.__init__, session.Session.__init__ = policy_init, session_init
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(watch)
+            lg.setLevel(level)
+    leaks = [(s[:6] + "…", m[:200]) for m in watch.messages for s in watch.secrets if s in m]
+    assert not leaks, f"{len(leaks)} log record(s) hold a token or a full session id: {leaks[:5]}"
