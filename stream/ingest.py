@@ -4,6 +4,9 @@
   decoded frames. Live sources are read by a thread into a :class:`LatestFrame` mailbox, so that a consumer
   slower than the stream always gets the newest frame and latency stays bounded (frames are dropped after
   decode, never before: dropping packets would lose keyframes).
+- :class:`ReconnectingSource` wraps one :class:`VideoSource` after another: a live network stream that drops is
+  reopened with exponential backoff, its frames' times going on across the gap, and each gap reported as a
+  :class:`StreamEvent` (``lost``, then ``reconnected``).
 - :class:`WebsocketForwarder` sends JSON messages to a websocket from a background thread, reconnecting
   with exponential backoff; its failures are logged and never stop the caller.
 """
@@ -13,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -39,10 +44,19 @@ class IngestConfig:
     timeout: float = 10.0  # seconds to open a network source, and to wait for data while reading it
     realtime: bool = False  # pace a file at its frame rate, dropping what the consumer cannot keep up with
     rtsp_transport: str = "tcp"  # RTSP over TCP: no UDP losses on lossy networks, passes NAT and firewalls
+    # ReconnectingSource: a live network stream that drops is reopened (a file never: its end is its end) ...
+    reconnect: bool = True
+    reconnect_max_gap: float | None = 300.0  # ... until it has been down this many seconds (None: for ever)
+    reconnect_backoff: tuple[float, float] = (0.5, 10.0)  # wait before the first reopen, doubling up to the cap
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:
             raise ValueError("timeout must be > 0")
+        if self.reconnect_max_gap is not None and not self.reconnect_max_gap > 0:
+            raise ValueError("reconnect_max_gap must be > 0 (or None: never give up)")
+        first, cap = self.reconnect_backoff
+        if not 0 < first <= cap < math.inf:
+            raise ValueError("reconnect_backoff needs 0 < first <= cap")
 
 
 def is_url(source: str) -> bool:
@@ -232,6 +246,194 @@ class VideoSource:
         self._container.close()
 
     def __enter__(self) -> VideoSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """A live source dropping (``lost``) or flowing again (``reconnected``): between the frames of
+    :meth:`ReconnectingSource.items`. Times are the frames' (stream) times."""
+
+    event: str  # lost | reconnected
+    t: float  # lost: the last frame's time before the gap; reconnected: the first frame's after it
+    error: str = ""  # lost: why, one line
+    gap_s: float = 0.0  # reconnected: seconds from the last frame before the gap (when due) to the first after
+    attempts: int = 0  # reconnected: reopen attempts it took
+
+    def to_json(self) -> dict[str, Any]:
+        """The monitor's ``stream`` message."""
+        if self.event == "lost":
+            return {"type": "stream", "event": "lost", "t": round(self.t, 3), "error": self.error}
+        return {"type": "stream", "event": "reconnected", "t": round(self.t, 3), "gap_s": round(self.gap_s, 3),
+                "attempts": self.attempts}
+
+
+class ReconnectingSource:
+    """A :class:`VideoSource` that is reopened, with exponential backoff, when its live network stream drops.
+
+    :meth:`items` yields the frames of one connection after another, with a :class:`StreamEvent` when the
+    stream drops (a read error, its end, or no data for ``timeout`` s) and another with the first frame after
+    it. Frame times go on across a gap, by the wall clock: the first frame after it is at the last one's time
+    plus the time from when that one was due (at the pace its connection kept) to now; frame indexes go on too.
+    Each connection is its own VideoSource (its own reader thread and mailbox), closed before the next one is
+    tried. Reopening waits ``reconnect_backoff`` (doubling, with 10% jitter) before each attempt and gives up
+    after ``reconnect_max_gap`` seconds down with an :class:`InputError`; :meth:`close` ends a wait at once.
+
+    Not retried, failing as a VideoSource does: files and HTTP sources with a duration (not live), a stream
+    that fails before its first frame (the first open included), and any source with ``reconnect=False``.
+    """
+
+    def __init__(self, source: str | Path, config: IngestConfig | None = None) -> None:
+        self.config = config or IngestConfig()
+        self._current: VideoSource | None = VideoSource(source, self.config)
+        self.source, self.url, self.live = self._current.source, self._current.url, self._current.live
+        self._last = self._current  # for the properties while between connections
+        self.reconnects = 0
+        self.gap_s = 0.0  # seconds without video, over the gaps that ended in a reconnection
+        self._dropped = 0  # of the connections already closed
+        self._stop = threading.Event()
+
+    @property
+    def reconnecting(self) -> bool:
+        """Whether a drop is retried: a live network source, with ``reconnect`` on."""
+        return bool(self.config.reconnect and self.url and self.live)
+
+    @property
+    def width(self) -> int:
+        return self._last.width
+
+    @property
+    def height(self) -> int:
+        return self._last.height
+
+    @property
+    def fps(self) -> float:
+        return self._last.fps
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped + (self._current.dropped if self._current is not None else 0)
+
+    def frames(self) -> Iterator[VideoFrame]:
+        """The frames of :meth:`items`, without the events."""
+        return (item for item in self.items() if isinstance(item, VideoFrame))
+
+    def items(self) -> Iterator[VideoFrame | StreamEvent]:
+        """Frames in order, and the events of each gap. Call once."""
+        assert self._current is not None
+        if not self.reconnecting:
+            yield from self._current.frames()
+            return
+        index, last_t = 0, 0.0  # frames so far, the last one's time
+        last_due = 0.0  # when the last frame before the gap was due (time.monotonic())
+        lost: float | None = None  # when the stream was lost, while it is down
+        attempts = 0
+        delay = self.config.reconnect_backoff[0]
+        offset = 0.0  # this connection's times + offset = stream times
+        while True:
+            fresh = True
+            error = ""
+            # The wall clock at this connection's time 0, as early as its frames came: frames that came late (a
+            # slow consumer; the last ones, which may leave the demuxer only as the stream fails) do not count.
+            zero = math.inf
+            try:
+                for frame in self._current.frames():
+                    now = time.monotonic()
+                    if fresh and index:  # a connection's first frame: its times go on from the last frame's
+                        offset = last_t + max(now - last_due, 1e-3) - frame.time
+                    fresh = False
+                    t = frame.time + offset
+                    zero = min(zero, now - t)
+                    if lost is not None:
+                        gap = t - last_t
+                        self.reconnects += 1
+                        self.gap_s += gap
+                        log.info("%s: reconnected after %.1f s (%d attempt(s))", self.source, gap, attempts)
+                        yield StreamEvent("reconnected", t, gap_s=gap, attempts=attempts)
+                        lost, attempts, delay = None, 0, self.config.reconnect_backoff[0]
+                    yield VideoFrame(index, t, frame.image)
+                    index, last_t = index + 1, t
+                error = f"{self.source}: stream ended after frame {self._current.decoded}"
+            except InputError as exc:
+                if index == 0:  # never started: a bad source, not a dropped one
+                    raise
+                error = str(exc)
+            self._retire()
+            if lost is None:
+                lost = time.monotonic()
+                last_due = min(zero + last_t, lost)
+                log.info("%s; reconnecting", error)  # the caller reports the event
+                yield StreamEvent("lost", last_t, error=self._reason(error))
+            deadline = lost + (self.config.reconnect_max_gap or math.inf)
+            while self._current is None:  # a connection that gives no frame is one more failed attempt
+                now = time.monotonic()
+                if attempts and now >= deadline:
+                    raise InputError(f"{self.source}: gave up reconnecting after {attempts} attempt(s) over "
+                                     f"{now - lost:.1f} s ({self._reason(error)}); {RETRY_HINT}")
+                wait = min(delay * random.uniform(0.9, 1.1), max(deadline - now, 0.0))
+                delay = min(delay * 2, self.config.reconnect_backoff[1])
+                if self._stop.wait(wait):  # closed
+                    return
+                attempts += 1
+                try:
+                    self._current = self._reopen()
+                except InputError as exc:
+                    error = str(exc)
+            self._last = self._current
+
+    def _retire(self) -> None:
+        """Close the current connection (its reader thread has ended: the stream dropped)."""
+        if self._current is not None:
+            self._dropped += self._current.dropped
+            self._current.close()
+            self._current = None
+
+    def _reopen(self) -> VideoSource:
+        """A new VideoSource, opened by a helper thread so that Ctrl-C need not wait for FFmpeg's open timeout;
+        a source that opens after its caller gave up on it is closed by that thread."""
+        result: list[VideoSource | BaseException] = []
+        lock = threading.Lock()
+        done = threading.Event()
+        abandoned = False
+
+        def target() -> None:
+            try:
+                opened: VideoSource | BaseException = VideoSource(self.source, self.config)
+            except BaseException as exc:
+                opened = exc
+            with lock:
+                if abandoned and isinstance(opened, VideoSource):
+                    opened.close()
+                result.append(opened)
+            done.set()
+
+        threading.Thread(target=target, name="swapwatch-reopen", daemon=True).start()
+        try:
+            done.wait()
+        except BaseException:  # Ctrl-C
+            with lock:
+                abandoned = True
+                if result and isinstance(result[0], VideoSource):
+                    result[0].close()
+            raise
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        return result[0]
+
+    def _reason(self, error: str) -> str:
+        """An InputError's line without the source and the retry hint (which the caller already has)."""
+        first = (error.strip().splitlines() or ["stream lost"])[0]
+        return first.removeprefix(f"{self.source}: ").removesuffix(f"; {RETRY_HINT}")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._current is not None:
+            self._current.close()
+
+    def __enter__(self) -> ReconnectingSource:
         return self
 
     def __exit__(self, *exc: object) -> None:

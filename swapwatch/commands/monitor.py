@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,10 +20,11 @@ from swapwatch.errors import InputError, SwapwatchError
 
 if TYPE_CHECKING:
     from swapwatch.engines.deepfake import AlertEvent, DeepfakeScorer, VerdictEvent
+    from swapwatch.stream.ingest import StreamEvent
 
 log = logging.getLogger("swapwatch.monitor")
 
-Message = dict[str, Any]  # a JSON line: alert, verdict, summary (and with --ray: error, cluster_summary)
+Message = dict[str, Any]  # a JSON line: alert, verdict, stream, summary (and with --ray: error, cluster_summary)
 Line = tuple[Message, str]  # a message and its text line (formatted from the unrounded values)
 
 
@@ -30,7 +32,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p = subparsers.add_parser(name, help=help_text, description=help_text + " Alert events (start, update, "
                               "end) are printed as they happen, then a summary; with a deepfake model that has "
                               "a REAL/FAKE band, so is each face track's live verdict (REAL, UNCERTAIN, FAKE) "
-                              "when it changes.")
+                              "when it changes. A live stream that drops is reopened with backoff (see "
+                              "--reconnect-for), each gap reported as it starts and ends.")
     p.add_argument("source", nargs="*", metavar="SOURCE",
                    help="a video file, or a stream URL (rtsp://, http(s)://, udp://, rtmp://, srt://); several "
                         "need --ray")
@@ -60,7 +63,15 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                         "(live streams always work this way)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
                    help="seconds to wait for a stream to open or send data (default: 10)")
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds of video")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds of video (of stream time: "
+                   "gaps while a live stream reconnects count)")
+    p.add_argument("--reconnect-for", type=float, default=300.0, metavar="S",
+                   help="when a live stream drops (read error, end, or no data for --timeout s), reopen it with "
+                        "exponential backoff (0.5 s doubling to 10 s) for up to S seconds, then stop with an error "
+                        "(default: 300; 'inf': never give up). Alerts open when it drops end at its last frame; a "
+                        "'stream' message reports the loss and the reconnection. Files are never reopened")
+    p.add_argument("--no-reconnect", action="store_true",
+                   help="stop when a live stream drops, as at the end of a file")
     p.add_argument("--draw", metavar="OUT", help="write the video with the monitor's status overlay "
                    "(.mp4, .mkv, .mov or .webm)")
     add_deepfake_options(p)
@@ -75,6 +86,8 @@ def run(args: argparse.Namespace, *, deepfake: DeepfakeScorer | None = None) -> 
         raise InputError("--every and --watermark-every must be at least 1")
     if args.timeout <= 0 or (args.duration is not None and args.duration <= 0):
         raise InputError("--timeout and --duration must be positive")
+    if not args.reconnect_for > 0:
+        raise InputError("--reconnect-for must be positive ('inf': never give up; --no-reconnect: never reconnect)")
     if args.draw and Path(args.draw).suffix.lower() not in (".mp4", ".mkv", ".mov", ".webm"):
         raise InputError("--draw needs a .mp4, .mkv, .mov or .webm file name")
     deepfake_config(args, backend=args.backend)  # bad deepfake options fail here, before any stream is opened
@@ -138,17 +151,21 @@ def _sources(args: argparse.Namespace) -> list[str]:
 def monitor_stream(source: str, args: argparse.Namespace, deepfake: DeepfakeScorer | None = None) -> Iterator[Line]:
     """Monitor one stream: yield its alert events and verdict changes as they happen, then its summary.
 
-    The one per-stream loop, for the single-host command and for each ``--ray`` task alike. The stream ending
-    badly midway (InputError) still ends its alerts and yields the summary, then raises.
+    The one per-stream loop, for the single-host command and for each ``--ray`` task alike. A live stream that
+    drops is reopened (:class:`ReconnectingSource`): a ``stream`` message when it is lost (its open alerts then
+    end at its last frame) and another when it is back. The stream ending badly midway (InputError, giving up
+    reconnecting included) still ends its alerts and yields the summary, then raises.
     """
     from swapwatch.config import DetectorConfig
     from swapwatch.engines.deepfake import FrameMonitor, MonitorConfig, MonitorOverlay
     from swapwatch.engines.faces import FACE_SMOOTHING, FaceTracker, KeyframeTracker, create_detector
-    from swapwatch.stream.ingest import IngestConfig, VideoSource
+    from swapwatch.stream.ingest import IngestConfig, ReconnectingSource, StreamEvent
 
     deepfake_settings = deepfake_config(args, backend=args.backend)
     # Open the input before loading models, so a bad source fails fast.
-    video = VideoSource(source, IngestConfig(timeout=args.timeout, realtime=args.realtime))
+    video = ReconnectingSource(source, IngestConfig(
+        timeout=args.timeout, realtime=args.realtime, reconnect=not args.no_reconnect,
+        reconnect_max_gap=None if math.isinf(args.reconnect_for) else args.reconnect_for))
     writer = None
     try:
         detector = create_detector(DetectorConfig(name=args.detector, backend=args.backend))
@@ -165,7 +182,17 @@ def monitor_stream(source: str, args: argparse.Namespace, deepfake: DeepfakeScor
         started = time.monotonic()
         last_t = 0.0
         try:
-            for frame in video.frames():
+            for frame in video.items():
+                if isinstance(frame, StreamEvent):  # a live stream dropped, or is back (it reconnects itself)
+                    yield _stream_event(frame)
+                    if frame.event == "lost":
+                        # No video for a while: the alerts end at the last frame, and faces seen after the gap
+                        # are new tracks (the tracker's would outlive any gap: it ages tracks by frames).
+                        for e in monitor.close(last_t):
+                            alert_events += 1
+                            yield _alert(e)
+                        tracker.reset()
+                    continue
                 if args.duration is not None and frame.time > args.duration:
                     break
                 last_t = frame.time
@@ -197,11 +224,14 @@ def monitor_stream(source: str, args: argparse.Namespace, deepfake: DeepfakeScor
             "watermark_checks": st.watermark_checks, "watermarked_frames": st.watermarked_frames,
             "tracks": len(tracks), "duration_s": round(last_t, 3), "wall_s": round(wall, 3),
             "fps": round(st.frames / wall, 2) if wall > 0 else 0.0, "live": bool(video.live),
+            "reconnects": video.reconnects, "gap_s": round(video.gap_s, 3),
             "deepfake_model": None if deepfake is None else (deepfake_settings.model or "custom"),
         }
         yield summary, (f"{source}: {st.frames} frames ({video.dropped} dropped), {st.alerts_started} alert(s), "
                         f"watermark on {st.watermarked_frames}/{st.watermark_checks} checked frames, "
-                        f"{len(tracks)} face track(s), {summary['fps']} fps")
+                        f"{len(tracks)} face track(s), {summary['fps']} fps"
+                        + (f", {video.reconnects} reconnection(s) ({video.gap_s:.1f} s without video)"
+                           if video.reconnects else ""))
         if stopped and stopped != "interrupted":
             raise InputError(stopped)
     finally:
@@ -221,6 +251,12 @@ def _alert(e: AlertEvent) -> Line:
             "change": f"face track {e.track_id} (score stepped up)"}.get(e.kind, f"face track {e.track_id}")
     return e.to_json(), (f"alert {e.event:<6} {what}: {e.t_start:.2f}-{e.t_end:.2f} s, peak {e.peak:.2f}, "
                          f"mean {e.mean:.2f}")
+
+
+def _stream_event(e: StreamEvent) -> Line:
+    if e.event == "lost":
+        return e.to_json(), f"stream dropped at {e.t:.2f} s ({e.error}); reconnecting"
+    return e.to_json(), f"stream back at {e.t:.2f} s after {e.gap_s:.1f} s without video ({e.attempts} attempt(s))"
 
 
 def _verdict(v: VerdictEvent) -> Line:
@@ -275,7 +311,7 @@ def _run_ray(args: argparse.Namespace, sources: list[str], deepfake: DeepfakeSco
     # SPREAD: one stream per node first, so that the load (decoding, detection) is shared across the cluster.
     task = ray.remote(num_returns="streaming", num_cpus=1, scheduling_strategy="SPREAD")(_stream_task)
     started = time.monotonic()
-    totals: dict[str, Any] = {"alerts": 0, "alert_events": 0, "verdict_changes": 0, "frames": 0}
+    totals: dict[str, Any] = {"alerts": 0, "alert_events": 0, "verdict_changes": 0, "frames": 0, "reconnects": 0}
     failed: list[str] = []
     nodes: set[str] = set()
 
