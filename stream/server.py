@@ -201,8 +201,8 @@ class SwapwatchServer:
                 data.extend(chunk)
                 if len(data) > limit:
                     return _error(413, f"upload larger than {limit} bytes")
-        except UploadStalled as exc:
-            return _error(408, str(exc))
+        except UploadFailed as exc:
+            return _upload_failed(request, exc)
         sc = self.config.server
         try:
             image = await asyncio.to_thread(decode_image, bytes(data), name=part.filename or "upload",
@@ -303,8 +303,8 @@ class SwapwatchServer:
                     if size > limit:
                         return _error(413, f"upload larger than {limit} bytes")
                     fh.write(chunk)
-            except UploadStalled as exc:
-                return _error(408, str(exc))
+            except UploadFailed as exc:
+                return _upload_failed(request, exc)
         if size == 0:
             return _error(400, f"{name}: the upload is empty")
         return Path(tmp), name
@@ -328,8 +328,10 @@ class SwapwatchServer:
                     if size > sc.max_form_field_bytes:
                         return _error(413, f"multipart field {_safe_name(part.name or '?')!r} larger than "
                                            f"{sc.max_form_field_bytes} bytes (only 'file' may be large)")
-        except UploadStalled as exc:
-            return _error(408, str(exc))
+        except UploadFailed as exc:
+            return _upload_failed(request, exc)
+        except ConnectionError:  # lost while reading a part's head
+            return _upload_failed(request, UploadAborted("upload aborted: the client closed the connection"))
         except (AssertionError, ValueError, KeyError):
             return _error(400, malformed)
 
@@ -613,8 +615,25 @@ def _error(status: int, reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=status)
 
 
-class UploadStalled(Exception):
+class UploadFailed(Exception):
+    """An upload that did not arrive: answered with ``status`` and logged as one line, never a traceback."""
+
+    status = 400
+
+
+class UploadStalled(UploadFailed):
     """No byte of an upload arrived for the read timeout."""
+
+    status = 408
+
+
+class UploadAborted(UploadFailed):
+    """The client closed the connection in the middle of its upload."""
+
+
+def _upload_failed(request: web.Request, exc: UploadFailed) -> web.Response:
+    log.info("%s %s from %s: %s", request.method, request.path, request.remote, exc)
+    return _error(exc.status, str(exc))
 
 
 async def _chunks(read: Callable[[int], Awaitable[bytes]], timeout: float,
@@ -625,6 +644,8 @@ async def _chunks(read: Callable[[int], Awaitable[bytes]], timeout: float,
             chunk = await asyncio.wait_for(read(size), timeout)
         except asyncio.TimeoutError:
             raise UploadStalled(f"upload stalled: no data for {timeout:g} s") from None
+        except ConnectionError:  # aiohttp's "Connection lost": the client went away mid-upload
+            raise UploadAborted("upload aborted: the client closed the connection") from None
         if not chunk:
             return
         yield chunk

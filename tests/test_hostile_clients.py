@@ -9,6 +9,7 @@ hostile client posts them from 127.0.0.1 and never lets ICE complete, the honest
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import replace
 from types import SimpleNamespace
@@ -510,3 +511,31 @@ def test_websocket_tickets_are_single_use_bound_to_their_session_and_short_lived
     out = asyncio.run(main())
     assert out == {"no token": 401, "unknown session": 404, "ticket": 101, "ticket again": 401,
                    "another session's ticket": 401, "no ticket": 401, "expired": 401}, out
+
+
+# ---- an aborted upload is one log line (item 7) ------------------------------------------------------------
+
+def test_an_aborted_upload_is_one_log_line_not_a_traceback(detector, caplog):
+    async def main():
+        server = SwapwatchServer(Config(), detector, ClassicSwapper())
+        async with TestServer(server.app(), host=HOSTILE) as ts:
+            for path, ctype, head in (
+                    ("/sources", "multipart/form-data; boundary=b",
+                     b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+                     b"Content-Type: image/jpeg\r\n\r\n"),
+                    ("/detect?name=a.mp4", "application/octet-stream", b"")):
+                reader, writer = await asyncio.open_connection(HOSTILE, ts.port)
+                writer.write(f"POST {path} HTTP/1.1\r\nHost: {HOSTILE}\r\nContent-Type: {ctype}\r\n"
+                             f"Content-Length: 1000000\r\n\r\n".encode() + head + b"x" * 5000)
+                await writer.drain()
+                await asyncio.sleep(0.3)
+                writer.close()
+                await asyncio.sleep(0.5)
+            return list(server.sessions)
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(main())
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not errors, [(r.name, r.getMessage()) for r in errors]
+    aborted = [r.getMessage() for r in caplog.records if "upload aborted" in r.getMessage()]
+    assert len(aborted) == 2 and all(m.count("\n") == 0 for m in aborted), aborted
