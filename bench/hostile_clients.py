@@ -41,7 +41,6 @@ import glob
 import json
 import os
 import re
-import socket
 import struct
 import sys
 import tempfile
@@ -60,6 +59,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from browser_util import ServerProcess  # noqa: E402
 from machine import describe as describe_machine  # noqa: E402
+
+from swapwatch.stream.probe import Probe, dribble_request_head, half_open_offer  # noqa: E402
 
 HOST = "127.0.0.1"
 TOKEN = "SECRET-t0k3n-for-bench"
@@ -200,18 +201,6 @@ def content_type_of(path: Path) -> str:
                                                                                   "application/octet-stream")
 
 
-async def half_open_offer() -> str:
-    """A genuine aiortc offer whose peer is closed at once: the server's ICE checks never get an answer."""
-    from aiortc import RTCConfiguration, RTCPeerConnection, VideoStreamTrack
-
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTrack(VideoStreamTrack())
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
-
-
 # ---- probes ------------------------------------------------------------------------------------------------
 
 class Bench:
@@ -311,8 +300,6 @@ class Bench:
 
     # 8
     async def victim(self) -> dict:
-        from swapwatch.stream.probe import Probe
-
         chris = (ASSETS / "faces" / "max_Chris.jpeg").read_bytes()
         rss0 = self.mem.rss_mb()
         self.mem.reset_peak()
@@ -400,35 +387,16 @@ class Bench:
 
     # 4
     async def dribble(self, seconds: float = 20.0) -> dict:
-        reader, writer = await asyncio.open_connection(HOST, self.port)
-        head = f"GET /health HTTP/1.1\r\nHost: {HOST}\r\nX-Padding: " + "a" * 400
-        started = time.monotonic()
-        got, sent, how = b"", 0, f"still open after {seconds:g} s"
-        served_meanwhile = None
-        try:
-            for i, ch in enumerate(head):
-                writer.write(ch.encode())
-                await writer.drain()
-                sent += 1
-                if i == 3:  # another client is served while this one dribbles
-                    async with client(self.base) as http, http.get("/health") as r:
-                        served_meanwhile = r.status
-                try:
-                    got += await asyncio.wait_for(reader.read(1024), 0.2)
-                except asyncio.TimeoutError:
-                    pass
-                else:
-                    if reader.at_eof():
-                        how = "closed by the server (EOF)"
-                        break
-                if time.monotonic() - started > seconds:
-                    break
-        except ConnectionError as exc:
-            how = f"closed by the server ({exc.__class__.__name__})"
-        closed = time.monotonic() - started
-        writer.close()
-        return {"header_timeout_s": HEADER_TIMEOUT, "closed_after_s": round(closed, 2), "bytes_sent": sent,
-                "how": how, "server_sent": got.decode(errors="replace")[:200], "other_client_served": served_meanwhile}
+        task = asyncio.ensure_future(dribble_request_head(HOST, self.port, seconds=seconds))
+        await asyncio.sleep(0.6)  # another client is served while this one dribbles
+        async with client(self.base) as http, http.get("/health") as r:
+            served_meanwhile = r.status
+        report = await task
+        how = "closed by the server" if report.closed_by_server else f"still open after {seconds:g} s"
+        return {"header_timeout_s": HEADER_TIMEOUT, "closed_after_s": round(report.closed_after_s, 2),
+                "bytes_sent": report.bytes_sent, "how": how,
+                "server_sent": report.server_sent.decode(errors="replace")[:200],
+                "other_client_served": served_meanwhile}
 
     # 5
     async def endless_field(self, cap: int = 64 * 2**20) -> dict:
@@ -497,8 +465,6 @@ class Bench:
 
     # 7
     async def half_open(self) -> dict:
-        from swapwatch.stream.probe import Probe
-
         offers = await asyncio.gather(*(half_open_offer() for _ in range(20)))
         rss0 = self.mem.rss_mb()
         self.mem.reset_peak()

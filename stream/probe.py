@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 log = logging.getLogger(__name__)
@@ -269,6 +269,53 @@ class Probe:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def half_open_offer() -> str:
+    """The SDP of a genuine aiortc offer whose peer is closed at once: a server that accepts it sends ICE checks
+    that never get an answer (a half-open offer, as a careless or hostile client leaves them)."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTrack(VideoStreamTrack())
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+@dataclass
+class DribbleReport:
+    closed_after_s: float  # when the server closed the connection (or the probe gave up)
+    closed_by_server: bool
+    bytes_sent: int
+    server_sent: bytes
+
+
+async def dribble_request_head(host: str, port: int, *, seconds: float, step: float = 0.2) -> DribbleReport:
+    """Open a connection and send a request head one byte every ``step`` s, as a slow-header (slowloris)
+    client does, until the server closes the connection or ``seconds`` pass."""
+    reader, writer = await asyncio.open_connection(host, port)
+    head = f"GET /health HTTP/1.1\r\nHost: {host}\r\nX-Padding: " + "a" * 400
+    loop = asyncio.get_running_loop()
+    started, got, sent, by_server = loop.time(), b"", 0, False
+    try:
+        for ch in head:
+            writer.write(ch.encode())
+            await writer.drain()
+            sent += 1
+            try:
+                got += await asyncio.wait_for(reader.read(1024), step)
+            except asyncio.TimeoutError:
+                pass
+            if reader.at_eof():
+                by_server = True
+                break
+            if loop.time() - started > seconds:
+                break
+    except ConnectionError:
+        by_server = True
+    closed = loop.time() - started
+    writer.close()
+    return DribbleReport(closed, by_server, sent, got)
 
 
 def _percentiles_ms(values: list[float]) -> dict[str, float | None]:

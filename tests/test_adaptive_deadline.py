@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_stream_robustness import SlowDetector
 from test_webrtc import decode_clip, run_server, upload, wait_for
 
 from swapwatch.config import ServerConfig
-from swapwatch.engines.faces import Face, FaceDetector
 from swapwatch.stream.metrics import ServerStats, SessionStats, render_prometheus
 from swapwatch.stream.tracks import AdaptiveDeadline, ProcessedTrack
 
@@ -140,19 +140,6 @@ def grid_frame(clips):
 
 # ---- a real server: fast, suddenly slow, fast again --------------------------------------------------------
 
-class ThrottledDetector(FaceDetector):
-    """A real detector behind a delay that the test changes mid-stream."""
-
-    def __init__(self, inner: FaceDetector) -> None:
-        self.inner, self.delay = inner, 0.0
-        self.name = f"throttled-{inner.name}"
-
-    def detect(self, image_bgr: np.ndarray) -> list[Face]:
-        if self.delay:
-            time.sleep(self.delay)
-        return self.inner.detect(image_bgr)
-
-
 @pytest.fixture(scope="module")
 def clip(clips) -> list[np.ndarray]:
     return decode_clip(next(c for c in clips if c.name.startswith("grid_")))
@@ -169,7 +156,7 @@ SLOW = 0.2  # the slowdown: 200 ms a frame (5 fps of processing for a 25 fps cam
 def test_the_deadline_follows_a_real_session_through_a_slowdown(detector, clip, source_photo):
     from swapwatch.stream.probe import Probe
 
-    throttled = ThrottledDetector(detector)
+    throttled = SlowDetector(detector, 0.0)  # its delay is changed mid-stream
 
     async def scenario(http, server):
         source = await upload(http, source_photo)

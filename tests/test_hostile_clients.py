@@ -19,12 +19,11 @@ import cv2
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestServer
-from aiortc import RTCConfiguration, RTCPeerConnection, VideoStreamTrack
 from test_webrtc import decode_clip, wait_for
 
 from swapwatch.config import Config, ServerConfig
 from swapwatch.engines.swap import ClassicSwapper
-from swapwatch.stream.probe import Probe
+from swapwatch.stream.probe import Probe, dribble_request_head, half_open_offer
 from swapwatch.stream.server import PendingOffers, SwapwatchServer
 
 HOSTILE, HONEST = "127.0.0.1", "127.0.0.2"  # both loopback: Linux routes all of 127.0.0.0/8 to lo
@@ -34,16 +33,6 @@ HOSTILE, HONEST = "127.0.0.1", "127.0.0.2"  # both loopback: Linux routes all of
 def small_clip(clips) -> list[np.ndarray]:
     clip = decode_clip(next(c for c in clips if c.name.startswith("grid_")), limit=10)
     return [cv2.resize(f, (192, 144), interpolation=cv2.INTER_AREA) for f in clip]
-
-
-async def half_open_offer() -> str:
-    """A genuine aiortc offer whose peer is closed at once: the server's ICE checks never get an answer."""
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTrack(VideoStreamTrack())
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 # ---- the budget, unit level --------------------------------------------------------------------------------
@@ -406,51 +395,24 @@ def test_detect_refuses_a_video_above_its_pixel_limit_from_the_header(detector, 
 
 # ---- slow request heads (item 9) ---------------------------------------------------------------------------
 
-async def _dribble_head(host: str, port: int, seconds: float) -> tuple[float, bytes]:
-    """Open a connection and send a request head one byte every 0.2 s; (seconds until the server closed it,
-    what it sent back)."""
-    reader, writer = await asyncio.open_connection(host, port)
-    head = f"GET /health HTTP/1.1\r\nHost: {host}\r\nX-Padding: " + "a" * 400
-    started = time.monotonic()
-    got = b""
-    try:
-        for ch in head:
-            writer.write(ch.encode())
-            await writer.drain()
-            try:
-                got += await asyncio.wait_for(reader.read(1024), 0.2)
-            except asyncio.TimeoutError:
-                pass
-            else:
-                if reader.at_eof():
-                    break
-            if time.monotonic() - started > seconds:
-                break
-    except ConnectionError:
-        pass
-    closed = time.monotonic() - started
-    writer.close()
-    return closed, got
-
-
 def test_a_client_dribbling_its_request_head_is_cut_off_and_others_are_served(detector):
     async def main():
         config = Config(server=ServerConfig(header_timeout=2.0))
         server = SwapwatchServer(config, detector, ClassicSwapper())
         async with TestServer(server.app(), host=HOSTILE) as ts:
             sweep = server.header_deadline.watch(ts.runner.server)
-            dribbler = asyncio.ensure_future(_dribble_head(HOSTILE, ts.port, 30.0))
+            dribbler = asyncio.ensure_future(dribble_request_head(HOSTILE, ts.port, seconds=30.0))
             async with aiohttp.ClientSession(base_url=str(ts.make_url("/"))) as http:
                 await asyncio.sleep(0.5)
                 async with http.get("/health") as r:  # served while the dribbler dribbles
                     assert r.status == 200
-            closed, got = await dribbler
+            report = await dribbler
             sweep.cancel()
-            return closed, got, server.header_deadline.closed
+            return report, server.header_deadline.closed
 
-    closed, got, count = asyncio.run(main())
-    assert closed < 6.0, f"the dribbling connection lived {closed:.1f} s (header_timeout 2 s)"
-    assert got == b"" and count >= 1
+    report, count = asyncio.run(main())
+    assert report.closed_by_server and report.closed_after_s < 6.0, report
+    assert report.server_sent == b"" and count >= 1
 
 
 def test_serve_cuts_off_slow_request_heads(tmp_path):
@@ -458,9 +420,9 @@ def test_serve_cuts_off_slow_request_heads(tmp_path):
 
     with ServerProcess("--model", "classic", "--deepfake-model", "off", "--header-timeout", "2",
                        log_path=tmp_path / "server.log") as server:
-        closed, _ = asyncio.run(_dribble_head("127.0.0.1", server.port, 30.0))
+        report = asyncio.run(dribble_request_head("127.0.0.1", server.port, seconds=30.0))
         assert server.health()["status"] == "ok"
-    assert closed < 6.0, f"the dribbling connection lived {closed:.1f} s"
+    assert report.closed_by_server and report.closed_after_s < 6.0, report
 
 
 # ---- websocket tickets: the token never in a URL (item 4) --------------------------------------------------
