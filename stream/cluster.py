@@ -31,14 +31,14 @@ from aiohttp import web
 
 from swapwatch.config import ClusterConfig, Config
 from swapwatch.engines.faces import FaceDetector
-from swapwatch.stream.metrics import PrometheusText
+from swapwatch.stream.metrics import PrometheusText, merge_prometheus
 from swapwatch.stream.offer import OfferRequest, SessionSettings
 from swapwatch.stream.ray_connect import import_ray
 from swapwatch.stream.server import Refusal, SwapwatchServer
 from swapwatch.stream.session import MessageFanout
 from swapwatch.stream.sources import SourceFace
 
-__all__ = ["ClusterServer", "HostHandle", "RayHosts", "RemoteSession", "merge_prometheus"]
+__all__ = ["ClusterServer", "HostHandle", "RayHosts", "RemoteSession"]
 
 log = logging.getLogger(__name__)
 
@@ -455,40 +455,6 @@ class ClusterServer(SwapwatchServer):
                       [({"reason": r}, n) for r, n in sorted(self.stats.sessions_rejected.items())]
                       or [({"reason": "full"}, 0)])
         return merged + extra.render()
-
-
-def merge_prometheus(texts: dict[str, str]) -> str:
-    """Prometheus texts by host id -> one text: each family once (its HELP and TYPE from the first host that
-    has it), its samples from every host with ``host="<id>"`` added to their labels."""
-    order: list[str] = []
-    meta: dict[str, list[str]] = {}
-    samples: dict[str, list[str]] = {}
-    for host, text in texts.items():
-        family = None
-        for line in text.splitlines():
-            if line.startswith("# HELP ") or line.startswith("# TYPE "):
-                family = line.split()[2]
-                if family not in meta:
-                    order.append(family)
-                    meta[family], samples[family] = [], []
-                if len(meta[family]) < 2 and not any(m.startswith(line[:6]) for m in meta[family]):
-                    meta[family].append(line)
-            elif line and not line.startswith("#") and family is not None:
-                samples[family].append(_with_label(line, "host", host))
-    out = []
-    for family in order:
-        out += meta[family] + samples[family]
-    return "\n".join(out) + ("\n" if out else "")
-
-
-def _with_label(sample: str, key: str, value: str) -> str:
-    name_end = min(i for i in (sample.find("{"), sample.find(" ")) if i >= 0)
-    label = f'{key}="{value}"'
-    if sample[name_end] == "{":
-        inner_end = sample.index("}", name_end)
-        inner = sample[name_end + 1:inner_end]
-        return f"{sample[:name_end]}{{{label}{',' + inner if inner else ''}}}{sample[inner_end + 1:]}"
-    return f"{sample[:name_end]}{{{label}}}{sample[name_end:]}"
 
 
 def _portable(source: SourceFace | None) -> SourceFace | None:

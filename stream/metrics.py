@@ -316,3 +316,37 @@ def render_prometheus(stats: ServerStats, *, sessions: int, max_sessions: int, q
                 [({}, stats.batch_sizes)])
     out.gauge("swapwatch_uptime_seconds", "Seconds since the server started.", round(uptime, 3))
     return out.render()
+
+
+def merge_prometheus(texts: dict[str, str]) -> str:
+    """Prometheus texts by host id -> one text: each family once (its HELP and TYPE from the first host that
+    has it), its samples from every host with ``host="<id>"`` added to their labels."""
+    order: list[str] = []
+    meta: dict[str, list[str]] = {}
+    samples: dict[str, list[str]] = {}
+    for host, text in texts.items():
+        family = None
+        for line in text.splitlines():
+            if line.startswith("# HELP ") or line.startswith("# TYPE "):
+                family = line.split()[2]
+                if family not in meta:
+                    order.append(family)
+                    meta[family], samples[family] = [], []
+                if len(meta[family]) < 2 and not any(m.startswith(line[:6]) for m in meta[family]):
+                    meta[family].append(line)
+            elif line and not line.startswith("#") and family is not None:
+                samples[family].append(_with_label(line, "host", host))
+    out = []
+    for family in order:
+        out += meta[family] + samples[family]
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def _with_label(sample: str, key: str, value: str) -> str:
+    name_end = min(i for i in (sample.find("{"), sample.find(" ")) if i >= 0)
+    label = f'{key}="{value}"'
+    if sample[name_end] == "{":
+        inner_end = sample.index("}", name_end)
+        inner = sample[name_end + 1:inner_end]
+        return f"{sample[:name_end]}{{{label}{',' + inner if inner else ''}}}{sample[inner_end + 1:]}"
+    return f"{sample[:name_end]}{{{label}}}{sample[name_end:]}"

@@ -20,7 +20,8 @@ ray = pytest.importorskip("ray")
 from aiohttp.test_utils import TestServer  # noqa: E402
 
 from swapwatch.config import ClusterConfig, Config, DeepfakeConfig, ServerConfig  # noqa: E402
-from swapwatch.stream.cluster import ClusterServer, merge_prometheus  # noqa: E402
+from swapwatch.stream.cluster import ClusterServer  # noqa: E402
+from swapwatch.stream.metrics import merge_prometheus  # noqa: E402
 from swapwatch.stream.probe import Probe  # noqa: E402
 from swapwatch.stream.ray_connect import connect  # noqa: E402
 from tests.test_webrtc import check_swapped, decode_clip, upload, wait_for  # noqa: E402
@@ -78,7 +79,8 @@ async def health(http) -> dict:
 
 
 def test_sessions_spread_over_two_hosts_and_a_lost_host_ends_only_its_sessions(ray_cluster, detector, clip,
-                                                                               source_photo):
+                                                                               source_photo, face_photos):
+    other_photo = next(p for p in face_photos if p.name != source_photo.name and p.suffix in (".jpg", ".jpeg"))
     face_boxes = [detector.detect(f)[0].box.astype(int) for f in clip]
 
     async def scenario(http, server):
@@ -104,10 +106,13 @@ def test_sessions_spread_over_two_hosts_and_a_lost_host_ends_only_its_sessions(r
         await wait_for(lambda: all(any(m.get("type") == "alert" for m in p.messages) for p in probes), 30)
         await wait_for(lambda: all(any(m.get("type") == "metrics" and m.get("frames_out", 0) > 0
                                        for m in p.messages) for p in probes), 10)
-        # Control goes through the front end to the session's host and is acknowledged.
-        await probes[1].send({"type": "control", "id": 7, "set": {"faces": "all"}})
+        # Control goes through the front end to the session's host and is acknowledged; a new source photo,
+        # uploaded to the front end, travels to the host with the control message.
+        other = await upload(http, other_photo)
+        await probes[1].send({"type": "control", "id": 7, "set": {"faces": "all", "source": other}})
         await wait_for(lambda: any(m.get("type") == "ack" and m.get("id") == 7 for m in probes[1].messages), 15)
-        assert server.sessions[probes[1].session].settings.faces == "all"
+        settings = server.sessions[probes[1].session].settings
+        assert settings.faces == "all" and settings.source == other
         for p in probes:  # swapped, labelled frames came back; never a raw input frame
             back, raw, watermarked = check_swapped(p, clip, face_boxes)
             assert back >= 10 and not raw and watermarked >= 0.8 * back, (back, raw, watermarked)
