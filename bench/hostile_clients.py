@@ -298,6 +298,26 @@ class Bench:
                 "rss_growth_per_accepted_source_mb": round((rss1 - rss0) / accepted, 2) if accepted else None,
                 "health_after": health}
 
+    async def _join(self, probe: Probe, out: dict, key: str, during=None) -> None:
+        """Start ``probe``, stream its clip and close it, into ``out``: ``KEY_offer_status``, ``KEY_frames_back``
+        and ``KEY_got_frames`` (and ``during()``'s fields, taken before the close), or the refusal."""
+        try:
+            await probe.start()
+            out[f"{key}_offer_status"] = 200
+            self.session_ids.append(probe.session)
+            report = await probe.run(tail=0.5, timeout=20)
+            out[f"{key}_frames_back"] = f"{report.received}/{report.sent}"
+            out[f"{key}_got_frames"] = report.received > 0
+            if during is not None:
+                out.update(await during())
+        except RuntimeError as exc:  # "offer refused: STATUS {...}"
+            m = re.search(r"refused: (\d+)", str(exc))
+            out[f"{key}_offer_status"] = int(m.group(1)) if m else None
+            out[f"{key}_offer_error"] = str(exc)
+            out[f"{key}_got_frames"] = False
+        finally:
+            await probe.close()
+
     # 8
     async def victim(self) -> dict:
         chris = (ASSETS / "faces" / "max_Chris.jpeg").read_bytes()
@@ -312,19 +332,8 @@ class Bench:
             mine = body["id"]
             flood = [(await upload(hostile, chris, "flood.jpg"))[0] for _ in range(64)]
             out["flood_statuses"] = {str(s): flood.count(s) for s in sorted(set(flood))}
-            probe = Probe(honest, self.clip * 3, mode="swap", source=mine, token=TOKEN, websocket=True)
-            try:
-                await probe.start()
-                out["victim_offer_status"] = 200
-                self.session_ids.append(probe.session)
-                report = await probe.run(tail=0.5, timeout=20)
-                out["victim_frames_back"] = f"{report.received}/{report.sent}"
-            except RuntimeError as exc:  # "offer refused: STATUS {...}"
-                m = re.search(r"refused: (\d+)", str(exc))
-                out["victim_offer_status"] = int(m.group(1)) if m else None
-                out["victim_offer_error"] = str(exc)
-            finally:
-                await probe.close()
+            await self._join(Probe(honest, self.clip * 3, mode="swap", source=mine, token=TOKEN, websocket=True),
+                             out, "victim")
         out.update(rss_before_mb=rss0, rss_after_mb=self.mem.rss_mb(), peak_during_mb=self.mem.hwm_mb())
         out["rss_change_mb"] = round(out["rss_after_mb"] - rss0, 1)
         return out
@@ -485,22 +494,10 @@ class Bench:
             out["hostile_statuses"] = {str(s): statuses.count(s) for s in sorted(set(statuses))}
             out["hostile_refusals"] = reasons
             out["health_after_barrage"] = await self.health()
-            probe = Probe(honest, self.clip * 6, mode="monitor", token=TOKEN)
-            try:
-                await probe.start()
-                out["honest_offer_status"] = 200
-                self.session_ids.append(probe.session)
-                report = await probe.run(tail=0.5, timeout=20)
-                out["honest_frames_back"] = f"{report.received}/{report.sent}"
-                out["honest_got_frames"] = report.received > 0
-                out["health_during_honest"] = await self.health()
-            except RuntimeError as exc:
-                m = re.search(r"refused: (\d+)", str(exc))
-                out["honest_offer_status"] = int(m.group(1)) if m else None
-                out["honest_offer_error"] = str(exc)
-                out["honest_got_frames"] = False
-            finally:
-                await probe.close()
+            async def during() -> dict:
+                return {"health_during_honest": await self.health()}
+
+            await self._join(Probe(honest, self.clip * 6, mode="monitor", token=TOKEN), out, "honest", during)
         t0 = time.monotonic()
         out["health_after_expiry"] = await self.wait_idle()
         out["half_open_gone_after_s"] = round(time.monotonic() - started, 1)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,9 +125,9 @@ class RayHosts:
         """Refresh every host's status (finding the dead), then start hosts on nodes with free units."""
         await asyncio.gather(*(self._refresh(h) for h in list(self.hosts.values())))
         starts = []
-        for node_id, count in (await asyncio.to_thread(self._free_shares)).items():
+        for node_id, (count, gpus) in (await asyncio.to_thread(self._free_shares)).items():
             for _ in range(count):
-                starts.append(self._start_host(node_id))
+                starts.append(self._start_host(node_id, gpus))
         await asyncio.gather(*starts)
         if self._requested and sum(h.free for h in self.hosts.values()) >= self.cluster.sessions_per_host:
             await self._request_hosts(0)  # a whole host is free again: withdraw the request, let idle nodes go
@@ -152,9 +152,9 @@ class RayHosts:
         log.info("ray: %s", f"asked the autoscaler for room for {count} session host(s)" if count
                  else "withdrew the autoscaler request")
 
-    def _free_shares(self) -> dict[str, int]:
-        """Node id -> how many more hosts fit there (its resource total over sessions_per_host, less the hosts
-        this front end keeps there, alive or starting)."""
+    def _free_shares(self) -> dict[str, tuple[int, int]]:
+        """Node id -> (how many more hosts fit there: its resource total over sessions_per_host, less the hosts
+        this front end keeps there, alive or starting; the GPUs each claims: 1 on a GPU node, else 0)."""
         ray, c = self._ray, self.cluster
         placed: dict[str, int] = {}
         for h in self.hosts.values():
@@ -170,10 +170,10 @@ class RayHosts:
                 fits = min(fits, math.floor(gpus))
             more = fits - placed.get(node["NodeID"], 0)
             if more > 0:
-                out[node["NodeID"]] = more
+                out[node["NodeID"]] = (more, 1 if gpus >= 1 else 0)
         return out
 
-    async def _start_host(self, node_id: str) -> None:
+    async def _start_host(self, node_id: str, gpus: int) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
         from swapwatch.stream.host import SessionHost, host_config
 
@@ -183,7 +183,6 @@ class RayHosts:
             self._actor_class = ray.remote(SessionHost)
         self._counter += 1
         host_id = f"host-{node_id[:6]}-{self._counter}"
-        gpus = 1 if _node_gpus(ray, node_id) >= 1 else 0
         actor = self._actor_class.options(
             name=f"swapwatch-{host_id}", resources={c.resource: c.sessions_per_host}, num_gpus=gpus, num_cpus=0,
             max_concurrency=1000, max_restarts=0,
@@ -319,14 +318,11 @@ class RemoteSession:
             except HostLost:
                 self.host_lost()
                 return
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # a slow host: try again (a dead one raises HostLost)
                 log.warning("session %s…: polling host %s failed: %s", self.id[:6], self.host.id, _one_line(exc))
                 await asyncio.sleep(timeout)
                 continue
             for message in batch["messages"]:
-                self.stats.count(message)
                 self._fanout.publish(message)
             if batch.get("metrics"):
                 self.stats.latest = batch["metrics"]
@@ -350,11 +346,6 @@ class _RelayedStats:
 
     def __init__(self) -> None:
         self.latest: dict[str, Any] = {"type": "metrics"}
-        self.alerts = 0
-
-    def count(self, message: dict[str, Any]) -> None:
-        if message.get("type") == "alert":
-            self.alerts += 1
 
     def message(self) -> dict[str, Any]:
         return dict(self.latest)
@@ -459,19 +450,12 @@ class ClusterServer(SwapwatchServer):
 
 def _portable(source: SourceFace | None) -> SourceFace | None:
     """The source photo for a host: the image and its face, without the front end's caches."""
-    return None if source is None else SourceFace(source.id, source.image, source.face, source.created, owner=source.owner)
+    return None if source is None else replace(source, identities={})
 
 
 def _actor_gone(ray, exc: BaseException) -> bool:
     # Hosts never restart (max_restarts=0): an actor error means its process or its node is gone.
     return isinstance(exc, ray.exceptions.RayActorError)
-
-
-def _node_gpus(ray, node_id: str) -> float:
-    for node in ray.nodes():
-        if node.get("NodeID") == node_id:
-            return float(node.get("Resources", {}).get("GPU", 0))
-    return 0.0
 
 
 def _one_line(exc: BaseException) -> str:

@@ -138,7 +138,8 @@ class SessionHost:
         reason = None
         if closed or session is None:
             server.queues.pop(session_id, None)
-            reason = (session.close_reason if session is not None else None) or _closed_reason(server, session_id)
+            reason = ((session.close_reason if session is not None else None)
+                      or server.closed_reasons.get(session_id, "closed"))
         return {"messages": messages, "metrics": session.stats.message() if session is not None else None,
                 "closed": reason}
 
@@ -187,10 +188,6 @@ class SessionHost:
 def host_config(config: Config, capacity: int) -> Config:
     """The host's copy of the front end's config: its capacity as max_sessions."""
     return replace(config, server=replace(config.server, max_sessions=capacity))
-
-
-def _closed_reason(server: _HostServer, session_id: str) -> str:
-    return server.closed_reasons.get(session_id, "closed")
 
 
 def _node_id() -> str:

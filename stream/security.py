@@ -117,7 +117,7 @@ class RedactedAccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info('%s %s "%s %s" %s %s %.1f ms', request.remote, request.headers.get("Origin", "-"),
-                         request.method, redact_path(request.path_qs), response.status, response.body_length,
+                         request.method, redact_line(request.path_qs), response.status, response.body_length,
                          time * 1000.0)
 
     @property
@@ -125,16 +125,12 @@ class RedactedAccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
 
-def redact_path(path_qs: str) -> str:
-    """``/ws/abcdef123...?token=s3cret`` -> ``/ws/abcdef…?token=***``."""
-    return redact_line(path_qs)
-
-
 _SECRET_IN_LINE = re.compile(r"(/(?:ws|sessions)/)([^/?\s\"]{6})[^/?\s\"]*|([?&](?:token|ticket)=)[^&\s\"]*")
 
 
 def redact_line(line: str) -> str:
-    """Any session id cut to 6 characters and any token or ticket masked, wherever they sit in a log line."""
+    """Any session id cut to 6 characters and any token or ticket masked, wherever they sit in a log line:
+    ``/ws/abcdef123...?token=s3cret`` -> ``/ws/abcdef…?token=***``."""
     return _SECRET_IN_LINE.sub(lambda m: f"{m[1]}{m[2]}…" if m[1] else f"{m[3]}***", line)
 
 

@@ -331,7 +331,7 @@ class SwapwatchServer:
         except UploadFailed as exc:
             return _upload_failed(request, exc)
         except ConnectionError:  # lost while reading a part's head
-            return _upload_failed(request, UploadAborted("upload aborted: the client closed the connection"))
+            return _upload_failed(request, UploadAborted())
         except (AssertionError, ValueError, KeyError):
             return _error(400, malformed)
 
@@ -520,7 +520,8 @@ class SwapwatchServer:
 
     def _new_processor(self, settings: SessionSettings, source: SourceFace | None) -> FrameProcessor:
         return FrameProcessor(self.detector, self.swapper, settings, source, tracking=self.config.tracking,
-                              monitor_factory=self.monitor_factory, max_frame_pixels=self.config.server.max_frame_pixels)
+                              monitor_factory=self.monitor_factory,
+                              max_frame_pixels=self.config.server.max_frame_pixels)
 
     def _closed(self, session: Session) -> None:
         self._leave_pending(session)
@@ -630,6 +631,9 @@ class UploadStalled(UploadFailed):
 class UploadAborted(UploadFailed):
     """The client closed the connection in the middle of its upload."""
 
+    def __init__(self, message: str = "upload aborted: the client closed the connection") -> None:
+        super().__init__(message)
+
 
 def _upload_failed(request: web.Request, exc: UploadFailed) -> web.Response:
     log.info("%s %s from %s: %s", request.method, request.path, request.remote, exc)
@@ -645,7 +649,7 @@ async def _chunks(read: Callable[[int], Awaitable[bytes]], timeout: float,
         except asyncio.TimeoutError:
             raise UploadStalled(f"upload stalled: no data for {timeout:g} s") from None
         except ConnectionError:  # aiohttp's "Connection lost": the client went away mid-upload
-            raise UploadAborted("upload aborted: the client closed the connection") from None
+            raise UploadAborted() from None
         if not chunk:
             return
         yield chunk

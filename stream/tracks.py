@@ -17,7 +17,6 @@ out as yuv420p at one fixed size, so aiortc's encoder is never rebuilt mid-strea
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ import cv2
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from swapwatch.stream.metrics import SessionStats
+from swapwatch.stream.metrics import LatencyWindow, SessionStats
 from swapwatch.stream.processing import Processed, output_size, to_yuv420p
 
 
@@ -58,15 +57,14 @@ class AdaptiveDeadline:
             raise ValueError("need 0 < quantile <= 1, factor >= 1 and margin >= 0")
         self.maximum, self.minimum, self.adaptive = maximum, minimum, adaptive
         self.warmup, self.quantile, self.factor, self.margin = warmup, quantile, factor, margin
-        self._latencies: deque[float] = deque(maxlen=window)
+        self._latencies = LatencyWindow(window)
         self._current = maximum
 
     def observe(self, latency: float) -> None:
-        self._latencies.append(max(0.0, latency))
-        if not self.adaptive or len(self._latencies) < self.warmup:
+        self._latencies.add(max(0.0, latency))
+        if not self.adaptive or self._latencies.count < self.warmup:
             return
-        data = sorted(self._latencies)
-        p = data[min(len(data) - 1, max(0, math.ceil(self.quantile * len(data)) - 1))]  # nearest rank
+        p = self._latencies.percentile(self.quantile)  # nearest rank over the window
         self._current = min(self.maximum, max(self.minimum, self.factor * p + self.margin))
 
     def current(self) -> float:

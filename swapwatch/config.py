@@ -88,7 +88,8 @@ class ServerConfig:
     # Frame loop: an input frame not processed within its deadline (at most frame_deadline s; adaptive below) is
     # answered by repeating the last processed frame; at most out_queue frames wait for the sender (older ones
     # are dropped). While the sender waits on one frame's deadline, about frame_deadline x fps newer frames
-    # arrive: out_queue must hold them (0.25 s at 30 fps is 7.5; 10 leaves a margin), or frames are dropped that were in time.
+    # arrive: out_queue must hold them (0.25 s at 30 fps is 7.5; 10 leaves a margin), or frames are dropped
+    # that were in time.
     frame_deadline: float = 0.25
     # Adaptive deadline (issue 17, stream/tracks.py AdaptiveDeadline): each session's deadline follows its own
     # processing latency (arrival -> result: 1.5 x its p90 over the last 50 frames + 10 ms), between

@@ -33,6 +33,21 @@ def clips(shared_assets) -> list[Path]:
     return sorted(p for p in (shared_assets / "videos").iterdir() if p.is_file())
 
 
+@pytest.fixture(scope="module")
+def clip(clips) -> list:
+    """A GRID clip's frames (BGR, 75 frames, 360x288, 25 fps: a frontal talking head); modules that need another
+    clip define their own ``clip``."""
+    from test_webrtc import decode_clip
+
+    return decode_clip(next(c for c in clips if c.name.startswith("grid_")))
+
+
+@pytest.fixture(scope="session")
+def source_photo(face_photos) -> Path:
+    """The colour portrait with one clear frontal face, the usual swap source of the tests."""
+    return next(p for p in face_photos if p.name == "max_Chris.jpeg")
+
+
 @pytest.fixture(scope="session")
 def yunet_onnx(shared_assets) -> Path:
     return shared_assets / "models" / "face_detection_yunet_2023mar.onnx"

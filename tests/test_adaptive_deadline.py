@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from test_stream_robustness import SlowDetector
-from test_webrtc import decode_clip, run_server, upload, wait_for
+from test_webrtc import run_server, upload, wait_for
 
 from swapwatch.config import ServerConfig
 from swapwatch.stream.metrics import ServerStats, SessionStats, render_prometheus
@@ -139,16 +138,6 @@ def grid_frame(clips):
 
 
 # ---- a real server: fast, suddenly slow, fast again --------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def clip(clips) -> list[np.ndarray]:
-    return decode_clip(next(c for c in clips if c.name.startswith("grid_")))
-
-
-@pytest.fixture(scope="module")
-def source_photo(face_photos) -> Path:
-    return next(p for p in face_photos if p.name == "max_Chris.jpeg")
-
 
 SLOW = 0.2  # the slowdown: 200 ms a frame (5 fps of processing for a 25 fps camera)
 

@@ -51,11 +51,6 @@ def clip(clips) -> list[np.ndarray]:
     return decode_clip(next(c for c in clips if c.name.startswith("grid_")), limit=50)
 
 
-@pytest.fixture(scope="module")
-def source_photo(face_photos):
-    return next(p for p in face_photos if p.name == "max_Chris.jpeg")
-
-
 def run_front(ray_cluster, detector, scenario, **cluster_options):
     """``scenario(http, server)`` against a front end placing sessions on ``ray_cluster``'s hosts."""
 

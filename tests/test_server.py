@@ -342,10 +342,10 @@ def test_the_access_log_keeps_no_secrets(tmp_path):
 
     from browser_util import ServerProcess
 
-    from swapwatch.stream.security import redact_path
+    from swapwatch.stream.security import redact_line
 
-    assert redact_path("/ws/AbCdEf0123456789xyz?token=s3cret&x=1") == "/ws/AbCdEf…?token=***&x=1"
-    assert redact_path("/sessions/AbCdEf0123456789xyz") == "/sessions/AbCdEf…"
+    assert redact_line("/ws/AbCdEf0123456789xyz?token=s3cret&x=1") == "/ws/AbCdEf…?token=***&x=1"
+    assert redact_line("/sessions/AbCdEf0123456789xyz") == "/sessions/AbCdEf…"
     log = tmp_path / "serve.log"
     secret, session = "t0p-s3cret-token", "Zq9xWv8uTs7rQp6oNm5lKj4i"
     with ServerProcess("--model", "classic", "--deepfake-model", "off", "--log-level", "debug", token=secret,

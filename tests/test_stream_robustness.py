@@ -13,7 +13,7 @@ import aiohttp
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, VideoStreamTrack
-from test_webrtc import decode_clip, run_server, upload, wait_for
+from test_webrtc import run_server, upload, wait_for
 
 from swapwatch.engines.faces import Face, FaceDetector
 from swapwatch.stream.probe import Probe
@@ -39,20 +39,10 @@ class SlowDetector(FaceDetector):
 
 
 @pytest.fixture(scope="module")
-def clip(clips) -> list[np.ndarray]:
-    return decode_clip(next(c for c in clips if c.name.startswith("grid_")))
-
-
-@pytest.fixture(scope="module")
 def small_clip(clip) -> list[np.ndarray]:
     import cv2
 
     return [cv2.resize(f, (192, 144), interpolation=cv2.INTER_AREA) for f in clip[:10]]
-
-
-@pytest.fixture(scope="module")
-def source_photo(face_photos) -> Path:
-    return next(p for p in face_photos if p.name == "max_Chris.jpeg")
 
 
 async def real_offer_sdp(kind: str = "video") -> str:

@@ -91,17 +91,6 @@ def describe(report: ProbeReport) -> str:
 
 # ---- fixtures ----------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def clip(clips) -> list[np.ndarray]:
-    """75 frames, 360x288, 25 fps: a frontal talking head."""
-    return decode_clip(next(c for c in clips if c.name.startswith("grid_")))
-
-
-@pytest.fixture(scope="module")
-def source_photo(face_photos) -> Path:
-    return next(p for p in face_photos if p.name == "max_Chris.jpeg")
-
-
 # ---- tests -------------------------------------------------------------------------------------------------
 
 def test_swap_session_returns_swapped_frames_in_order(detector, clip, source_photo):
