@@ -155,7 +155,9 @@ def cross_fit(config, data, *, stem_weights: Path | None, echo: Callable[[str], 
     from swapwatch.engines.deepfake.training import DetectorTrainer
 
     groups = identity_folds(data.train_ids, config.calibration_folds, config.seed)
-    fakers = make_swappers(config.swappers) if config.swap_fakes else []
+    fakers = make_swappers(config.swappers, tracks=data.train_real, cache_dir=config.cache_dir or config.out / "cache",
+                           seed=config.seed) if config.swap_fakes else []
+    fakers = [f for f in fakers if not f.self_only]  # a swap from another person
     labels, logits, kinds, names = [], [], [], []
     for k, held in enumerate(groups):
         held_set = set(held)

@@ -215,10 +215,13 @@ def _region(frame: np.ndarray, m: np.ndarray, out: int, interp: int) -> np.ndarr
 class SwapFaker:
     """Swaps a source identity onto every frame of a track, in the track's own regions."""
 
-    def __init__(self, swapper, *, keep_mouth: bool | None = None) -> None:
+    def __init__(self, swapper, *, keep_mouth: bool | None = None, self_only: bool = False) -> None:
         from swapwatch.engines.swap import FeatherMask
 
         self.swapper = swapper
+        # A swapper that can only re-render a face from its own person (the autoencoder) is given no other
+        # person's face: what it made of one would be noise, not a swap.
+        self.self_only = self_only
         self.masks = FeatherMask()
         self.keep_mouth = keep_mouth
 
@@ -263,8 +266,10 @@ def _self_source(track: FaceTrack) -> FaceTrack:
     return replace(track, rois=np.ascontiguousarray(track.rois[:, :, ::-1]), landmarks=lmk, boxes=boxes)
 
 
-def make_swappers(names: Sequence[str]) -> list[SwapFaker]:
-    """Classic variants always; learned swappers only when their weights are installed (skipped otherwise)."""
+def make_swappers(names: Sequence[str], *, tracks: Sequence[FaceTrack] = (), cache_dir: Path | None = None,
+                  seed: int = 0) -> list[SwapFaker]:
+    """Classic variants always; ``autoencoder`` trained here on ``tracks`` (the training people's real faces,
+    cached in ``cache_dir``); other learned swappers only when their weights are installed (skipped otherwise)."""
     from swapwatch.engines.swap import ClassicSwapper
 
     fakers = []
@@ -274,12 +279,24 @@ def make_swappers(names: Sequence[str]) -> list[SwapFaker]:
             fakers += [SwapFaker(ClassicSwapper(keep_mouth=True, shading=1.0)),
                        SwapFaker(ClassicSwapper(keep_mouth=False, shading=0.5))]
             continue
+        if name == "autoencoder":
+            from swapwatch.engines.deepfake.aefakes import AutoencoderConfig, AutoencoderSwapper, train_autoencoder
+
+            if not tracks:
+                raise InputError("the autoencoder swapper is trained on the real training tracks: none given")
+            ae = AutoencoderConfig(seed=seed)
+            net = train_autoencoder(tracks, ae, cache_dir=cache_dir)
+            fakers.append(SwapFaker(AutoencoderSwapper(net, ae.size), self_only=True))
+            continue
         from swapwatch.engines.swap import create_swapper, installed
 
         if not installed(name):
             log.warning("swapper %s is not installed; its fakes are skipped", name)
             continue
         fakers.append(SwapFaker(create_swapper(name, backend="onnxruntime", device="cpu").swapper))
+    if fakers and all(f.self_only for f in fakers):
+        raise InputError(f"--swappers {','.join(names)}: the autoencoder only re-renders a person's own face; "
+                         "add a swapper for other people's faces beside it (e.g. classic,autoencoder)")
     return fakers
 
 
@@ -342,7 +359,9 @@ def prepare_data(items: Sequence[MediaItem], config: TrainConfig, *, detector_mo
     if not data.train_real:
         raise InputError("no real face track among the training identities (self-blending needs real faces)")
     if config.swap_fakes:
-        fakers = make_swappers(config.swappers)
+        fakers = make_swappers(config.swappers, tracks=data.train_real, cache_dir=cache, seed=config.seed)
+        swappers = [f for f in fakers if not f.self_only]
+        renderers = [f for f in fakers if f.self_only]  # each track's own face, re-rendered
         rng = np.random.default_rng([config.seed, 11])
         for pool in (data.train_real, data.val_real):
             targets = pool
@@ -357,6 +376,7 @@ def prepare_data(items: Sequence[MediaItem], config: TrainConfig, *, detector_mo
                 sources = [others[j] for j in picks]
                 if config.self_swaps:
                     sources.append(_self_source(target))
-                data.swaps[id(target)] = [fakers[(ti + k) % len(fakers)](target, src)
+                data.swaps[id(target)] = [swappers[(ti + k) % len(swappers)](target, src)
                                           for k, src in enumerate(sources)]
+                data.swaps[id(target)] += [f(target, _self_source(target)) for f in renderers]
     return data

@@ -40,7 +40,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     data.add_argument("--swapwatch-fakes", action="store_true",
                       help="add swapwatch's own swaps (another identity swapped onto each track) as fakes")
     data.add_argument("--swappers", type=_csv, default=("classic",), metavar="NAMES",
-                      help="swappers for --swapwatch-fakes (classic, and learned ones where installed)")
+                      help="swappers for --swapwatch-fakes: classic; autoencoder (a small learned autoencoder trained "
+                           "here on the training faces: each track re-rendered through it); learned ones where "
+                           "their weights are installed")
     data.add_argument("--swap-sources", type=int, default=0, metavar="N",
                       help="other identities swapped onto each track (each track is also swapped with its own "
                            "face); with few identities, cross-identity swaps teach 'unfamiliar face = fake'")
