@@ -50,7 +50,7 @@ class AutoencoderConfig:
     size: int = 64  # the template's crop size (FaceForensics++ Deepfakes worked at 64 px)
     code_channels: int = 16  # the structure code's channels at size/8
     width: int = 32  # channels of the first layer (x2 per level)
-    steps: int = 1500
+    steps: int = 600
     batch: int = 32
     lr: float = 2e-3
     seed: int = 0
