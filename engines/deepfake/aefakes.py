@@ -151,7 +151,10 @@ def train_autoencoder(tracks: Sequence, config: AutoencoderConfig = AutoencoderC
     path = Path(cache_dir) / f"autoencoder-{_cache_key(crops, owners, config)}.pt" if cache_dir else None
     if path is not None and path.is_file():
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        echo(f"autoencoder swapper: loaded {path.name} ({len(crops)} training faces)")
         return net.eval()
+    echo(f"autoencoder swapper: training on {len(crops)} faces of {int(owners.max()) + 1} people, "
+         f"{config.steps} steps")
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     data = _tensor(crops)
@@ -174,7 +177,8 @@ def train_autoencoder(tracks: Sequence, config: AutoencoderConfig = AutoencoderC
         loss.backward()
         opt.step()
         sched.step()
-        loss_avg = float(loss) if loss_avg is None else 0.98 * loss_avg + 0.02 * float(loss)
+        value = float(loss.detach())
+        loss_avg = value if loss_avg is None else 0.98 * loss_avg + 0.02 * value
         if (step + 1) % max(config.steps // 5, 1) == 0:
             echo(f"autoencoder step {step + 1}/{config.steps}: loss {loss_avg:.4f} "
                  f"({time.monotonic() - start:.0f} s)")

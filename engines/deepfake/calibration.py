@@ -155,9 +155,9 @@ def cross_fit(config, data, *, stem_weights: Path | None, echo: Callable[[str], 
     from swapwatch.engines.deepfake.training import DetectorTrainer
 
     groups = identity_folds(data.train_ids, config.calibration_folds, config.seed)
-    fakers = make_swappers(config.swappers, tracks=data.train_real, cache_dir=config.cache_dir or config.out / "cache",
-                           seed=config.seed) if config.swap_fakes else []
-    fakers = [f for f in fakers if not f.self_only]  # a swap from another person
+    # A swap from another person for each held-out track (the autoencoder only re-renders a person's own face).
+    cross = [name for name in config.swappers if name != "autoencoder"]
+    fakers = make_swappers(cross) if config.swap_fakes and cross else []
     labels, logits, kinds, names = [], [], [], []
     for k, held in enumerate(groups):
         held_set = set(held)

@@ -267,7 +267,8 @@ def _self_source(track: FaceTrack) -> FaceTrack:
 
 
 def make_swappers(names: Sequence[str], *, tracks: Sequence[FaceTrack] = (), cache_dir: Path | None = None,
-                  seed: int = 0) -> list[SwapFaker]:
+                  seed: int = 0, autoencoder_steps: int = 600,
+                  echo: Callable[[str], None] = log.info) -> list[SwapFaker]:
     """Classic variants always; ``autoencoder`` trained here on ``tracks`` (the training people's real faces,
     cached in ``cache_dir``); other learned swappers only when their weights are installed (skipped otherwise)."""
     from swapwatch.engines.swap import ClassicSwapper
@@ -284,8 +285,8 @@ def make_swappers(names: Sequence[str], *, tracks: Sequence[FaceTrack] = (), cac
 
             if not tracks:
                 raise InputError("the autoencoder swapper is trained on the real training tracks: none given")
-            ae = AutoencoderConfig(seed=seed)
-            net = train_autoencoder(tracks, ae, cache_dir=cache_dir)
+            ae = AutoencoderConfig(seed=seed, steps=autoencoder_steps)
+            net = train_autoencoder(tracks, ae, cache_dir=cache_dir, echo=echo)
             fakers.append(SwapFaker(AutoencoderSwapper(net, ae.size), self_only=True))
             continue
         from swapwatch.engines.swap import create_swapper, installed
@@ -359,7 +360,8 @@ def prepare_data(items: Sequence[MediaItem], config: TrainConfig, *, detector_mo
     if not data.train_real:
         raise InputError("no real face track among the training identities (self-blending needs real faces)")
     if config.swap_fakes:
-        fakers = make_swappers(config.swappers, tracks=data.train_real, cache_dir=cache, seed=config.seed)
+        fakers = make_swappers(config.swappers, tracks=data.train_real, cache_dir=cache, seed=config.seed,
+                               autoencoder_steps=config.autoencoder_steps, echo=echo)
         swappers = [f for f in fakers if not f.self_only]
         renderers = [f for f in fakers if f.self_only]  # each track's own face, re-rendered
         rng = np.random.default_rng([config.seed, 11])

@@ -86,6 +86,7 @@ class TrainConfig:
     val_fraction: float = 0.25
     swap_fakes: bool = False  # swapwatch's own swaps as fakes
     swappers: tuple[str, ...] = ("classic",)
+    autoencoder_steps: int = 600  # training steps of the autoencoder swapper (swappers "autoencoder")
     swap_sources: int = 0  # other identities swapped onto each track (see _self_source for why 0 on tiny data)
     self_swaps: bool = True  # also swap each track with its own face (another frame, or its mirror image)
     max_items: int | None = None  # quick runs: the first N items after sorting

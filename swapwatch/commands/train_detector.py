@@ -43,6 +43,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                       help="swappers for --swapwatch-fakes: classic; autoencoder (a small learned autoencoder trained "
                            "here on the training faces: each track re-rendered through it); learned ones where "
                            "their weights are installed")
+    data.add_argument("--autoencoder-steps", type=int, default=600, metavar="N",
+                      help="training steps of the autoencoder swapper (with --swappers ...,autoencoder)")
     data.add_argument("--swap-sources", type=int, default=0, metavar="N",
                       help="other identities swapped onto each track (each track is also swapped with its own "
                            "face); with few identities, cross-identity swaps teach 'unfamiliar face = fake'")
@@ -141,6 +143,7 @@ def config_from_args(args: argparse.Namespace):
         pair_pool=args.pair_pool, rotate_pairs=args.rotate_pairs, vary_mask_top=args.vary_mask_top,
         max_frames=args.max_frames, val_identities=args.val_identities,
         val_fraction=args.val_fraction, swap_fakes=args.swapwatch_fakes, swappers=args.swappers,
+        autoencoder_steps=args.autoencoder_steps,
         swap_sources=args.swap_sources,
         max_items=args.max_items, threads=args.threads, cache_dir=args.cache_dir, progress=not args.no_progress)
     return config, spec
