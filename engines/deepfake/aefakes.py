@@ -208,13 +208,7 @@ class AutoencoderSwapper(Swapper):
         return SourceIdentity(swapper=self.name, embedding=None, crop=crop, extra={"style": style})
 
     def generate(self, target_crops: np.ndarray, sources: list[SourceIdentity]) -> np.ndarray:
-        size = self.template.size
-        targets = np.asarray(target_crops)
-        if targets.ndim != 4 or targets.shape[1:] != (size, size, 3) or targets.dtype != np.uint8:
-            raise ValueError(f"expected (N, {size}, {size}, 3) uint8 target crops, got {targets.shape} "
-                             f"{targets.dtype}")
-        if len(sources) != len(targets):
-            raise ValueError(f"{len(targets)} target crops but {len(sources)} sources")
+        targets = self.checked_batch(target_crops, sources)
         if not len(targets):
             return targets.copy()
         style = torch.from_numpy(np.stack([s.extra["style"] for s in sources]))

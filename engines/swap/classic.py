@@ -120,13 +120,7 @@ class ClassicSwapper(Swapper):
         return {"lab": lab, "lab_mean": mean, "lab_std": std}
 
     def generate(self, target_crops: np.ndarray, sources: list[SourceIdentity]) -> np.ndarray:
-        size = self.template.size
-        targets = np.asarray(target_crops)
-        if targets.ndim != 4 or targets.shape[1:] != (size, size, 3) or targets.dtype != np.uint8:
-            raise ValueError(f"expected (N, {size}, {size}, 3) uint8 target crops, got {targets.shape} "
-                             f"{targets.dtype}")
-        if len(sources) != targets.shape[0]:
-            raise ValueError(f"{targets.shape[0]} target crops but {len(sources)} sources")
+        targets = self.checked_batch(target_crops, sources)
         if targets.shape[0] == 0:
             return targets.copy()
         prepared = [self._prepared(s) for s in sources]

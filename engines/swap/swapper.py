@@ -36,6 +36,18 @@ class Swapper(abc.ABC):
     def prepare_source(self, image_bgr: np.ndarray, face: Face) -> SourceIdentity:
         """Identity of ``face`` in ``image_bgr`` (computed once per source photo and cached by the caller)."""
 
+    def checked_batch(self, target_crops: np.ndarray, sources: list[SourceIdentity]) -> np.ndarray:
+        """``target_crops`` as an (N, S, S, 3) uint8 array at the template's size, one source per crop, or
+        ValueError saying what came instead."""
+        size = self.template.size
+        targets = np.asarray(target_crops)
+        if targets.ndim != 4 or targets.shape[1:] != (size, size, 3) or targets.dtype != np.uint8:
+            raise ValueError(f"expected (N, {size}, {size}, 3) uint8 target crops, got {targets.shape} "
+                             f"{targets.dtype}")
+        if len(sources) != len(targets):
+            raise ValueError(f"{len(targets)} target crops but {len(sources)} sources")
+        return targets
+
     @abc.abstractmethod
     def generate(self, target_crops: np.ndarray, sources: list[SourceIdentity]) -> np.ndarray:
         """Swap a batch: ``target_crops`` (N, S, S, 3) BGR uint8 aligned to ``template``, one source per crop.
