@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from swapwatch.engines.deepfake.aefakes import (
-    AutoencoderConfig, AutoencoderNet, AutoencoderSwapper, _crops, _tensor, train_autoencoder,
+from swapwatch.engines.deepfake import (
+    REAL, AutoencoderConfig, AutoencoderNet, AutoencoderSwapper, MediaItem, train_autoencoder,
 )
-from swapwatch.engines.deepfake.datasets import MediaItem, REAL
+from swapwatch.engines.deepfake.aefakes import _crops, _tensor
 from swapwatch.engines.deepfake.tracks import TrackBuilder, make_swappers
 from swapwatch.errors import InputError
 

@@ -7,7 +7,7 @@
   and live verdicts, with swapwatch's own watermark checked first; ``verdict``: a video's REAL/UNCERTAIN/FAKE
   report; ``evaluation``: metrics on labelled sets.
 - Making a detector: ``datasets`` (training media, identity split), ``tracks`` (face tracks cut from the media,
-  swapwatch's own swaps of them, a run's data), ``sbi`` (self-blended pseudo-fakes), ``renders`` (per-clip
+  swapwatch's own swaps of them, a run's data), ``sbi`` (self-blended pseudo-fakes), ``aefakes`` (an autoencoder trained here whose re-renderings are a learned generator's fakes), ``renders`` (per-clip
   augmentation, aligned crops, training windows), ``train_config`` (every setting of a run), ``training`` (the
   two stages, checkpoints, export; ``train``), ``validation`` (held-out clips and metrics while training),
   ``calibration`` (cross-fitted calibration).
@@ -21,6 +21,8 @@ from swapwatch.engines import lazy_exports
 __getattr__, __dir__ = lazy_exports(__name__, {
     "AlertEvent": "alerts", "AlertPolicy": "alerts", "AlertPolicyConfig": "alerts", "EVENTS": "alerts",
     "KINDS": "alerts",
+    "AutoencoderConfig": "aefakes", "AutoencoderNet": "aefakes", "AutoencoderSwapper": "aefakes",
+    "train_autoencoder": "aefakes",
     "fit_platt": "calibration", "identity_folds": "calibration",
     "ChangeConfig": "change", "ChangePolicy": "change",
     "DataSpec": "datasets", "FAKE": "datasets", "MediaItem": "datasets", "REAL": "datasets",

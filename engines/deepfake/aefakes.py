@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from swapwatch.engines.faces import Face, align_face, ffhq_template
-from swapwatch.engines.swap.swapper import SourceIdentity, Swapper
+from swapwatch.engines.swap import SourceIdentity, Swapper
 
 __all__ = ["AutoencoderConfig", "AutoencoderNet", "AutoencoderSwapper", "train_autoencoder"]
 
