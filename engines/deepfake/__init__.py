@@ -7,8 +7,9 @@
   and live verdicts, with swapwatch's own watermark checked first; ``verdict``: a video's REAL/UNCERTAIN/FAKE
   report; ``evaluation``: metrics on labelled sets.
 - Making a detector: ``datasets`` (training media, identity split), ``tracks`` (face tracks cut from the media,
-  swapwatch's own swaps of them, a run's data), ``sbi`` (self-blended pseudo-fakes), ``aefakes`` (an autoencoder trained here whose re-renderings are a learned generator's fakes), ``renders`` (per-clip
-  augmentation, aligned crops, training windows), ``train_config`` (every setting of a run), ``training`` (the
+  swapwatch's own swaps of them, a run's data), ``sbi`` (self-blended pseudo-fakes), ``aefakes`` (an autoencoder
+  trained here, whose re-renderings are a learned generator's fakes), ``renders`` (per-clip augmentation,
+  aligned crops, training windows), ``train_config`` (every setting of a run), ``training`` (the
   two stages, checkpoints, export; ``train``), ``validation`` (held-out clips and metrics while training),
   ``calibration`` (cross-fitted calibration).
 
