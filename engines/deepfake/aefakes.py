@@ -88,12 +88,15 @@ class AutoencoderNet(nn.Module):
         self.up_norms = nn.ModuleList(_AdaIN(ups[i + 1], 128) for i in range(3))
         self.to_rgb = nn.Conv2d(chans[0], 3, 3, 1, 1)
 
+    def encode_structure(self, target: torch.Tensor) -> torch.Tensor:
+        return self.to_code(self.encoder(target * 2 - 1))
+
     def encode_style(self, source: torch.Tensor) -> torch.Tensor:
         feats = self.encoder(source * 2 - 1)
         return self.style(torch.cat([feats.mean((2, 3)), feats.std((2, 3))], dim=1))
 
     def forward(self, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.to_code(self.encoder(target * 2 - 1)), self.encode_style(source))
+        return self.decode(self.encode_structure(target), self.encode_style(source))
 
     def decode(self, code: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         x = F.leaky_relu(self.from_code(code), 0.2)
@@ -153,12 +156,12 @@ def train_autoencoder(tracks: Sequence, config: AutoencoderConfig = AutoencoderC
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         echo(f"autoencoder swapper: loaded {path.name} ({len(crops)} training faces)")
         return net.eval()
-    echo(f"autoencoder swapper: training on {len(crops)} faces of {int(owners.max()) + 1} people, "
-         f"{config.steps} steps")
+    people = int(owners.max()) + 1
+    echo(f"autoencoder swapper: training on {len(crops)} faces of {people} people, {config.steps} steps")
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     data = _tensor(crops)
-    by_owner = [np.flatnonzero(owners == k) for k in range(int(owners.max()) + 1)]
+    by_owner = [np.flatnonzero(owners == k) for k in range(people)]
     rng = np.random.default_rng(config.seed)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.5, 0.999))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps)
@@ -213,6 +216,5 @@ class AutoencoderSwapper(Swapper):
             return targets.copy()
         style = torch.from_numpy(np.stack([s.extra["style"] for s in sources]))
         with torch.inference_mode():
-            net = self.net
-            out = net.decode(net.to_code(net.encoder(_tensor(targets) * 2 - 1)), style)
+            out = self.net.decode(self.net.encode_structure(_tensor(targets)), style)
         return (out.permute(0, 2, 3, 1).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)

@@ -376,9 +376,10 @@ def prepare_data(items: Sequence[MediaItem], config: TrainConfig, *, detector_mo
                 n_cross = config.swap_sources if pool is data.train_real else max(config.swap_sources, 1)
                 picks = rng.permutation(len(others))[:n_cross]
                 sources = [others[j] for j in picks]
+                own = _self_source(target)
                 if config.self_swaps:
-                    sources.append(_self_source(target))
+                    sources.append(own)
                 data.swaps[id(target)] = [swappers[(ti + k) % len(swappers)](target, src)
                                           for k, src in enumerate(sources)]
-                data.swaps[id(target)] += [f(target, _self_source(target)) for f in renderers]
+                data.swaps[id(target)] += [f(target, own) for f in renderers]
     return data
